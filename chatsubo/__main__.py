@@ -1,0 +1,7 @@
+"""``python -m chatsubo``: the same as the ``chatsubo`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,230 @@
+"""The ``chatsubo`` command: ``chatsubo serve`` runs the signaling server and the page."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import ssl
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from . import __version__
+from .config import ServerConfig
+from .identity import SECRET_ENV, default_state_dir, load_secret
+from .protocol import IceServer
+from .server import create_app
+from .tls import local_addresses, self_signed_certificate, server_context
+
+logger = logging.getLogger("chatsubo")
+
+_COMMANDS = ("serve",)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _ice_url(text: str) -> str:
+    scheme = urlsplit(text).scheme
+    if scheme not in ("stun", "stuns", "turn", "turns"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a stun:, stuns:, turn: or turns: URL (e.g. stun:192.168.1.2:3478)"
+        )
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, with a subcommand per job."""
+    parser = argparse.ArgumentParser(
+        prog="chatsubo",
+        description="Chatsubo: a virtual bar with spatial audio. "
+        "Runs the page and the signaling server; audio flows peer to peer.",
+    )
+    parser.add_argument("--version", action="version", version=f"chatsubo {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the server (the default command)",
+        description="Serve the page at / and the signaling WebSocket at /ws. "
+        "Rooms live in memory; nothing is sent to any outside service.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on")
+    serve.add_argument(
+        "--max-room-size", type=_positive_int, default=10, help="people allowed in one room"
+    )
+    serve.add_argument(
+        "--max-connections", type=_positive_int, default=20000, help="open WebSockets allowed"
+    )
+    serve.add_argument(
+        "--ice-server",
+        action="append",
+        type=_ice_url,
+        default=[],
+        metavar="URL",
+        help="STUN or TURN server handed to peers (repeatable); none by default, "
+        "which is right on a LAN",
+    )
+    serve.add_argument("--ice-username", help="username for the turn: servers")
+    serve.add_argument("--ice-credential", help="credential for the turn: servers")
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="extra page origin allowed to connect, e.g. https://bar.example (repeatable; "
+        "'*' allows any). Same-origin pages and clients without an Origin are always allowed",
+    )
+    serve.add_argument(
+        "--secret-file",
+        type=Path,
+        help=f"file holding the resume-token secret; else ${SECRET_ENV}, "
+        "else one generated once in the state directory",
+    )
+    serve.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="where the generated secret and self-signed certificate are kept",
+    )
+    tls = serve.add_mutually_exclusive_group()
+    tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this cert")
+    tls.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="serve HTTPS with a generated certificate, so phones and laptops on the LAN "
+        "may use their microphone",
+    )
+    serve.add_argument("--tls-key", type=Path, metavar="FILE", help="key for --tls-cert")
+    serve.add_argument(
+        "--grace",
+        type=_positive_float,
+        default=20.0,
+        help="seconds a dropped peer keeps its place before the room is told it left",
+    )
+    serve.add_argument(
+        "--heartbeat",
+        type=_positive_float,
+        default=5.0,
+        help="seconds between pings; a silent peer is dropped 1.5 periods later",
+    )
+    serve.add_argument(
+        "--messages-per-second",
+        type=_positive_float,
+        default=200.0,
+        help="sustained messages allowed per connection (bursts of 3x pass)",
+    )
+    serve.add_argument(
+        "--no-uvloop", action="store_true", help="use the standard asyncio event loop"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; ``serve`` is implied when no command is given."""
+    if not argv or (argv[0] not in _COMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["serve", *argv]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tls_key is not None and args.tls_cert is None:
+        parser.error("--tls-key needs --tls-cert")
+    if args.tls_cert is not None and args.tls_key is None:
+        parser.error("--tls-cert needs --tls-key")
+    return args
+
+
+def _ice_servers(args: argparse.Namespace) -> list[IceServer]:
+    servers = []
+    for url in args.ice_server:
+        if url.startswith("turn"):
+            servers.append(
+                IceServer(urls=[url], username=args.ice_username, credential=args.ice_credential)
+            )
+        else:
+            servers.append(IceServer(urls=[url]))
+    return servers
+
+
+def _raise_file_limit() -> None:
+    """Every WebSocket is a file descriptor; the usual soft limit of 1024 is far too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGINT or SIGTERM."""
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        secret = load_secret(args.secret_file, args.state_dir)
+        ssl_context: ssl.SSLContext | None = None
+        if args.self_signed:
+            ssl_context = server_context(*self_signed_certificate(args.state_dir))
+        elif args.tls_cert is not None:
+            ssl_context = server_context(args.tls_cert, args.tls_key)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        print(f"chatsubo: {exc}", file=sys.stderr)
+        return 2
+    _raise_file_limit()
+    config = ServerConfig(
+        secret=secret,
+        max_room_size=args.max_room_size,
+        max_connections=args.max_connections,
+        ice_servers=_ice_servers(args),
+        allowed_origins=args.allow_origin,
+        grace=args.grace,
+        heartbeat=args.heartbeat,
+        messages_per_second=args.messages_per_second,
+        message_burst=3 * args.messages_per_second,
+    )
+    scheme = "https" if ssl_context else "http"
+    hosts = local_addresses() if args.host in ("0.0.0.0", "::") else [args.host]
+    for host in hosts:
+        logger.info("Chatsubo is open at %s://%s:%d/", scheme, host, args.port)
+    loop = asyncio.new_event_loop()
+    if not args.no_uvloop:
+        try:
+            import uvloop
+
+            loop = uvloop.new_event_loop()
+        except ImportError:
+            logger.info("uvloop is not installed; using the standard event loop")
+    try:
+        web.run_app(
+            create_app(config),
+            host=args.host,
+            port=args.port,
+            ssl_context=ssl_context,
+            print=None,
+            access_log=None,
+            loop=loop,
+        )
+    except OSError as exc:
+        print(f"chatsubo: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``chatsubo`` console script and ``python -m chatsubo``."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return serve(args)

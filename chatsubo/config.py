@@ -1,0 +1,38 @@
+"""Server options, with defaults that work out of the box."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .protocol import MAX_MESSAGE_BYTES, IceServer
+
+
+@dataclass
+class ServerConfig:
+    """Everything the signaling server can be told; the CLI fills it from flags."""
+
+    secret: bytes
+    max_room_size: int = 10
+    #: Handed to every client. Empty means host candidates only: no public STUN
+    #: server, which would stall every offer on a machine with no internet.
+    ice_servers: list[IceServer] = field(default_factory=list)
+    #: Extra origins (``scheme://host[:port]``, or ``*``) allowed besides same-origin.
+    allowed_origins: list[str] = field(default_factory=list)
+    max_connections: int = 20000
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    #: Frames above this are not read at all: the socket is closed with 1009.
+    hard_message_bytes: int = 1024 * 1024
+    #: Sustained message rate per connection, and the burst allowed above it.
+    #: A browser joining a room of 10 trickles a few hundred signals at once.
+    messages_per_second: float = 200.0
+    message_burst: float = 600.0
+    #: Over-limit messages a connection may send before it is closed as a flood.
+    flood_tolerance: float = 100.0
+    #: Seconds between WebSocket pings; a silent peer is dropped 1.5 periods later.
+    heartbeat: float = 5.0
+    #: Seconds a peer that dropped without ``leave`` keeps its place in the room.
+    grace: float = 20.0
+    #: Bytes queued to a client that does not read before it is cut off.
+    max_send_buffer: int = 1024 * 1024
+    #: Minimum seconds between two room list broadcasts.
+    lobby_interval: float = 0.1

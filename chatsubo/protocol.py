@@ -1,0 +1,283 @@
+"""The signaling wire protocol: every message between a client and the server.
+
+This module is the single definition of the protocol; ``docs/protocol.md``
+documents it. Frames are JSON text with camelCase fields and a ``type`` tag.
+Decoding validates shape, types and value constraints, so a handler only ever
+sees well-formed messages.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Any, Final, cast
+
+import msgspec
+from msgspec import UNSET, Meta, Raw, UnsetType
+
+#: Maximum size of one frame, in bytes, before it is refused with ``too_large``.
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+
+ROOM_ID_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}$"
+NAME_MAX_CHARS: Final = 32
+ZONE_MAX_CHARS: Final = 32
+PEER_ID_MAX_CHARS: Final = 64
+
+RoomId = Annotated[str, Meta(pattern=ROOM_ID_PATTERN)]
+PeerId = Annotated[str, Meta(min_length=1, max_length=PEER_ID_MAX_CHARS)]
+DisplayName = Annotated[str, Meta(min_length=1, max_length=NAME_MAX_CHARS)]
+Zone = Annotated[str, Meta(min_length=1, max_length=ZONE_MAX_CHARS)]
+ResumeToken = Annotated[str, Meta(min_length=1, max_length=256)]
+
+_ROOM_ID_RE = re.compile(ROOM_ID_PATTERN)
+
+
+class ErrorCode(enum.StrEnum):
+    """Codes carried by ``error`` messages."""
+
+    BAD_MESSAGE = "bad_message"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    ROOM_FULL = "room_full"
+    UNKNOWN_PEER = "unknown_peer"
+    NOT_IN_ROOM = "not_in_room"
+    ALREADY_JOINED = "already_joined"
+    BAD_ORIGIN = "bad_origin"
+    BAD_RESUME = "bad_resume"
+    SERVER_FULL = "server_full"
+
+
+class LeaveReason(enum.StrEnum):
+    """Why a peer left its room, as carried by ``peer_left``."""
+
+    LEAVE = "leave"
+    CLOSED = "closed"
+    TIMEOUT = "timeout"
+    KICKED = "kicked"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the server uses."""
+
+    NORMAL = 1000
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    REPLACED = 4000
+
+
+def _check_text(value: str, what: str) -> None:
+    """Refuse display text that would render as something other than itself."""
+    if not value.isprintable() or not value.strip():
+        raise ValueError(f"{what} must be printable text, not blank")
+
+
+class _Message(msgspec.Struct, tag_field="type", rename="camel", omit_defaults=True):
+    """Base of every message: camelCase fields and a ``type`` tag."""
+
+
+# --- Client to server -------------------------------------------------------
+
+
+class Join(_Message, tag="join"):
+    """Enter a room; ``resume`` reclaims an earlier ``peerId`` from its token."""
+
+    room_id: RoomId
+    name: DisplayName
+    resume: ResumeToken | None = None
+
+    def __post_init__(self) -> None:
+        _check_text(self.name, "name")
+
+
+class Leave(_Message, tag="leave"):
+    """Leave the current room; the connection stays open."""
+
+
+class Signal(_Message, tag="signal"):
+    """Relay opaque ``data`` (an SDP, a candidate or null) to a peer in the same room."""
+
+    to: PeerId
+    data: Raw
+
+
+class Update(_Message, tag="update"):
+    """Change the display name or zone; a null zone clears it."""
+
+    name: DisplayName | UnsetType = UNSET
+    zone: Zone | UnsetType | None = UNSET
+
+    def __post_init__(self) -> None:
+        if isinstance(self.name, str):
+            _check_text(self.name, "name")
+        if isinstance(self.zone, str):
+            _check_text(self.zone, "zone")
+
+
+class WatchRooms(_Message, tag="watch_rooms"):
+    """Subscribe to the live room list."""
+
+
+class UnwatchRooms(_Message, tag="unwatch_rooms"):
+    """Stop receiving the room list."""
+
+
+class Ping(_Message, tag="ping"):
+    """Application-level ping; ``t`` is echoed back in ``pong``."""
+
+    t: float
+
+
+ClientMessage = Join | Leave | Signal | Update | WatchRooms | UnwatchRooms | Ping
+
+
+# --- Server to client -------------------------------------------------------
+
+
+class IceServer(msgspec.Struct, rename="camel", omit_defaults=True):
+    """One entry of ``RTCConfiguration.iceServers``, as the W3C API spells it."""
+
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class Limits(msgspec.Struct, rename="camel"):
+    """Limits a client must respect."""
+
+    max_room_size: int
+    max_message_bytes: int
+    messages_per_second: float
+
+
+class PeerInfo(msgspec.Struct, rename="camel", omit_defaults=True):
+    """A member of a room as others see it; ``joinedAt`` is milliseconds since the epoch."""
+
+    peer_id: str
+    name: str
+    joined_at: int
+    zone: str | None = None
+
+
+class RoomInfo(msgspec.Struct, rename="camel"):
+    """A room as the lobby sees it."""
+
+    room_id: str
+    count: int
+    capacity: int
+    zones: dict[str, int]
+
+
+class Welcome(_Message, tag="welcome"):
+    """First message on every connection."""
+
+    peer_id: str
+    resume_token: str
+    ice_servers: list[IceServer]
+    limits: Limits
+
+
+class PeerList(_Message, tag="peer_list"):
+    """Answer to ``join``: the caller's ``peerId`` and everyone else in the room."""
+
+    room_id: str
+    peer_id: str
+    peers: list[PeerInfo]
+    resume_token: str | None = None
+
+
+class PeerJoined(_Message, tag="peer_joined"):
+    """Someone entered the room; ``resumed`` is true when it rejoined under its old id."""
+
+    peer_id: str
+    name: str
+    joined_at: int
+    zone: str | None = None
+    resumed: bool = False
+
+
+class PeerLeft(_Message, tag="peer_left"):
+    """Someone left the room."""
+
+    peer_id: str
+    reason: LeaveReason
+
+
+class PeerUpdated(_Message, tag="peer_updated"):
+    """Someone's name or zone changed; carries the full current values."""
+
+    peer_id: str
+    name: str
+    zone: str | None = None
+
+
+class RelayedSignal(_Message, tag="signal"):
+    """A ``signal`` delivered to its addressee."""
+
+    from_: str = msgspec.field(name="from")
+    data: Raw
+
+
+class Rooms(_Message, tag="rooms"):
+    """The room list, sent to lobby watchers."""
+
+    rooms: list[RoomInfo]
+
+
+class Pong(_Message, tag="pong"):
+    """Answer to ``ping``."""
+
+    t: float
+
+
+class Error(_Message, tag="error"):
+    """A request failed; ``code`` is machine-readable, ``message`` is for people."""
+
+    code: ErrorCode
+    message: str
+
+
+ServerMessage = (
+    Welcome | PeerList | PeerJoined | PeerLeft | PeerUpdated | RelayedSignal | Rooms | Pong | Error
+)
+
+
+class ProtocolError(Exception):
+    """A frame that does not decode to a valid message."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_client_decoder = msgspec.json.Decoder(ClientMessage)
+_server_decoder = msgspec.json.Decoder(ServerMessage)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_client(frame: str | bytes) -> ClientMessage:
+    """Decode and validate one frame sent by a client."""
+    try:
+        return cast(ClientMessage, _client_decoder.decode(frame))
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
+
+
+def decode_server(frame: str | bytes) -> ServerMessage:
+    """Decode and validate one frame sent by the server (for Python clients)."""
+    try:
+        return cast(ServerMessage, _server_decoder.decode(frame))
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
+
+
+def encode(message: ClientMessage | ServerMessage | Any) -> bytes:
+    """Encode one message as a JSON frame."""
+    return _encoder.encode(message)
+
+
+def is_valid_room_id(room_id: str) -> bool:
+    """Whether ``room_id`` is an acceptable room name."""
+    return _ROOM_ID_RE.match(room_id) is not None

@@ -1,0 +1,152 @@
+"""The aiohttp application: the page, the signaling WebSocket and the HTTP API."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from aiohttp import web
+from yarl import URL
+
+from . import protocol as p
+from .config import ServerConfig
+from .hub import Hub
+from .session import Session
+
+logger = logging.getLogger(__name__)
+
+HUB = web.AppKey("hub", Hub)
+WEB_ROOT = web.AppKey("web_root", Path)
+
+_JSON = "application/json"
+
+
+def default_web_root() -> Path:
+    """The page's files: inside the installed package, or ``web/`` beside a source checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "web"
+    return installed if installed.is_dir() else here.parent / "web"
+
+
+def create_app(config: ServerConfig, web_root: Path | None = None) -> web.Application:
+    """Build the server application; its state lives on the app under ``HUB``."""
+    app = web.Application()
+    app[HUB] = Hub(config)
+    root = web_root or default_web_root()
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/api/rooms", rooms)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", index)
+    app.router.add_static("/", root)
+    app[WEB_ROOT] = root
+    app.on_startup.append(_start_hub)
+    app.on_shutdown.append(_close_hub)
+    return app
+
+
+async def _start_hub(app: web.Application) -> None:
+    app[HUB].start()
+
+
+async def _close_hub(app: web.Application) -> None:
+    await app[HUB].close()
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+    """Whether a browser page at ``origin`` may connect to a server reached as ``host``.
+
+    Clients that send no Origin (bots, scripts) are allowed; browsers always
+    send one. Same-origin compares host and port, reading the Host header with
+    the Origin's scheme so that a TLS-terminating proxy still matches.
+    """
+    if origin is None:
+        return True
+    if "*" in allowed:
+        return True
+    try:
+        url = URL(origin)
+        if url.host is None or host is None:
+            return False
+        if str(url.origin()) in {str(URL(a).origin()) for a in allowed}:
+            return True
+        served = URL(f"{url.scheme}://{host}")
+        return (url.host.lower(), url.port) == ((served.host or "").lower(), served.port)
+    except ValueError:
+        return False
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """The signaling socket: one ``Session`` per connection."""
+    hub = request.app[HUB]
+    config = hub.config
+    ws = web.WebSocketResponse(
+        heartbeat=config.heartbeat,
+        compress=False,
+        max_msg_size=config.hard_message_bytes,
+        timeout=2.0,
+    )
+    await ws.prepare(request)
+    transport = request.transport
+    if transport is None:
+        return ws
+    if not origin_allowed(request.headers.get("Origin"), request.host, config.allowed_origins):
+        await _refuse(
+            hub,
+            ws,
+            p.CloseCode.POLICY_VIOLATION,
+            p.ErrorCode.BAD_ORIGIN,
+            f"origin {request.headers.get('Origin')} is not allowed",
+        )
+        return ws
+    if len(hub.sessions) >= config.max_connections:
+        await _refuse(
+            hub,
+            ws,
+            p.CloseCode.TRY_AGAIN_LATER,
+            p.ErrorCode.SERVER_FULL,
+            "the server is at its connection limit; try again later",
+        )
+        return ws
+    # Our own backlog check cuts a slow reader off before the transport would
+    # pause, so a send never waits on another client's network.
+    transport.set_write_buffer_limits(high=2 * config.max_send_buffer)
+    await Session(hub, ws, transport).run()
+    return ws
+
+
+async def _refuse(
+    hub: Hub, ws: web.WebSocketResponse, close: p.CloseCode, code: p.ErrorCode, reason: str
+) -> None:
+    hub.metrics.errors.labels(code=code.value).inc()
+    await ws.send_frame(p.encode(p.Error(code=code, message=reason)), web.WSMsgType.TEXT)
+    await ws.close(code=close, message=reason.encode()[:120])
+
+
+async def rooms(request: web.Request) -> web.Response:
+    """The lobby's room list, the same as the ``rooms`` message."""
+    hub = request.app[HUB]
+    return web.Response(body=p.encode(p.Rooms(rooms=hub.room_list())), content_type=_JSON)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness and a few counts."""
+    hub = request.app[HUB]
+    body = {
+        "status": "ok",
+        "connections": len(hub.sessions),
+        "rooms": len(hub.rooms),
+        "peers": len(hub.members),
+    }
+    return web.Response(body=p.encode(body), content_type=_JSON)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics."""
+    body = request.app[HUB].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    """The page."""
+    return web.FileResponse(request.app[WEB_ROOT] / "index.html")
