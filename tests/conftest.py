@@ -161,6 +161,13 @@ class Client:
                 if msg.type is aiohttp.WSMsgType.TEXT:
                     self.backlog.append(json.loads(msg.data))
 
+    def drop(self) -> None:
+        """Cut the connection with no close frame, as a lost network would."""
+        connection = self.ws._conn
+        transport = connection.transport if connection is not None else None
+        assert transport is not None
+        transport.abort()
+
     async def close(self) -> None:
         await self.ws.close()
         await self.session.close()
