@@ -103,7 +103,10 @@ class Hub:
     async def _expire(self, member: Member) -> None:
         await asyncio.sleep(self.config.grace)
         member.expiry = None
-        await self.remove(member, p.LeaveReason.TIMEOUT)
+        try:
+            await self.remove(member, p.LeaveReason.TIMEOUT)
+        except Exception:
+            logger.exception("failed to remove peer %s after its grace period", member.peer_id)
 
     # --- rooms ---------------------------------------------------------------
 
