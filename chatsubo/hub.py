@@ -130,17 +130,19 @@ class Hub:
         if member is not None and member.room.room_id == msg.room_id:
             await self._reattach(session, member, msg.name)
         else:
-            if member is not None:
-                previous = member.session
-                await self.remove(member, p.LeaveReason.LEAVE)
-                if previous is not None and previous is not session:
-                    await previous.close(p.CloseCode.REPLACED, "replaced by a newer connection")
             room = self.rooms.get(msg.room_id)
             if room is not None and len(room.members) >= self.config.max_room_size:
                 raise p.ProtocolError(
                     p.ErrorCode.ROOM_FULL,
                     f"room {msg.room_id} is full ({self.config.max_room_size} people)",
                 )
+            if member is not None:
+                # The token's peer is in another room: it moves, and its old
+                # connection, if any, gives way to this one.
+                previous = member.session
+                await self.remove(member, p.LeaveReason.LEAVE)
+                if previous is not None and previous is not session:
+                    await previous.close(p.CloseCode.REPLACED, "replaced by a newer connection")
             if room is None:
                 room = self.rooms[msg.room_id] = Room(msg.room_id)
             member = Member(peer_id=peer_id, name=msg.name, room=room, session=session)

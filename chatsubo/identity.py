@@ -52,7 +52,8 @@ class TokenSigner:
         if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
             return None
         peer_id, issued, signature = parts
-        if not hmac.compare_digest(signature, self._sign(f"{peer_id}.{issued}")):
+        expected = self._sign(f"{peer_id}.{issued}")
+        if not hmac.compare_digest(signature.encode(), expected.encode()):
             return None
         age = (time.time() if now is None else now) - int(issued)
         if age > self.max_age:

@@ -18,7 +18,8 @@ from msgspec import UNSET, Meta, Raw, UnsetType
 #: Maximum size of one frame, in bytes, before it is refused with ``too_large``.
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 
-ROOM_ID_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}$"
+# \Z, not $: "$" also matches before a trailing newline.
+ROOM_ID_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}\Z"
 NAME_MAX_CHARS: Final = 32
 ZONE_MAX_CHARS: Final = 32
 PEER_ID_MAX_CHARS: Final = 64
@@ -252,6 +253,9 @@ class ProtocolError(Exception):
         self.message = message
 
 
+# msgspec raises RecursionError for deeply nested values it skips or keeps raw,
+# and UnicodeError for a str holding lone surrogates.
+_UNDECODABLE = (msgspec.DecodeError, RecursionError, UnicodeError)
 _client_decoder = msgspec.json.Decoder(ClientMessage)
 _server_decoder = msgspec.json.Decoder(ServerMessage)
 _encoder = msgspec.json.Encoder()
@@ -261,7 +265,7 @@ def decode_client(frame: str | bytes) -> ClientMessage:
     """Decode and validate one frame sent by a client."""
     try:
         return cast(ClientMessage, _client_decoder.decode(frame))
-    except msgspec.DecodeError as exc:
+    except _UNDECODABLE as exc:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
 
 
@@ -269,7 +273,7 @@ def decode_server(frame: str | bytes) -> ServerMessage:
     """Decode and validate one frame sent by the server (for Python clients)."""
     try:
         return cast(ServerMessage, _server_decoder.decode(frame))
-    except msgspec.DecodeError as exc:
+    except _UNDECODABLE as exc:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
 
 

@@ -108,9 +108,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             "the server is at its connection limit; try again later",
         )
         return ws
-    # Our own backlog check cuts a slow reader off before the transport would
-    # pause, so a send never waits on another client's network.
-    transport.set_write_buffer_limits(high=2 * config.max_send_buffer)
+    # Session.send cuts a slow reader off once its backlog passes
+    # max_send_buffer; the headroom above that holds the frame that crossed it
+    # (a room list can exceed one message), so the transport never pauses and a
+    # send never waits on another client's network.
+    transport.set_write_buffer_limits(high=config.max_send_buffer + 4 * config.hard_message_bytes)
     await Session(hub, ws, transport).run()
     return ws
 
