@@ -209,3 +209,15 @@ async def poll(
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(interval)
+
+
+async def pair(
+    connect: ClientFactory, server: RunningServer, room: str = "r"
+) -> tuple[Client, Client]:
+    """Alice and Bob in ``room``, Alice having seen Bob arrive."""
+    a = await connect(server)
+    await a.join(room, "Alice")
+    b = await connect(server)
+    await b.join(room, "Bob")
+    await a.expect("peer_joined")
+    return a, b

@@ -30,6 +30,7 @@ from tests.conftest import (
     ClientFactory,
     RunningServer,
     ServerFactory,
+    pair,
     poll,
 )
 
@@ -86,16 +87,6 @@ async def receive_raw(client: Client, type_: str) -> str:
             if parsed["type"] == type_:
                 return str(msg.data)
             client.backlog.append(parsed)
-
-
-async def pair(connect: ClientFactory, server: RunningServer, room: str) -> tuple[Client, Client]:
-    """Two clients in ``room`` who have both seen each other arrive."""
-    a = await connect(server)
-    await a.join(room, "Alice")
-    b = await connect(server)
-    await b.join(room, "Bob")
-    await a.expect("peer_joined")
-    return a, b
 
 
 async def next_message(client: Client) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import Client, ClientFactory, RunningServer, ServerFactory
+from tests.conftest import Client, ClientFactory, RunningServer, ServerFactory, pair
 
 
 async def _rooms_until(watcher: Client, expected: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -96,9 +96,7 @@ async def test_unwatch_stops_the_list(server: RunningServer, connect: ClientFact
 async def test_presence_updates_reach_the_room(
     server: RunningServer, connect: ClientFactory
 ) -> None:
-    a, b = await connect(server), await connect(server)
-    await a.join("r", "A")
-    await b.join("r", "B")
+    a, b = await pair(connect, server)
     await b.send({"type": "update", "name": "Bea", "zone": "Lounge"})
     expected = {"type": "peer_updated", "peerId": b.peer_id, "name": "Bea", "zone": "Lounge"}
     assert await a.expect("peer_updated") == expected

@@ -10,15 +10,14 @@ from tests.conftest import (
     ClientFactory,
     RunningServer,
     ServerFactory,
+    pair,
     poll,
     start_server,
 )
 
 
 async def test_clean_close_leaves_at_once(server: RunningServer, connect: ClientFactory) -> None:
-    a, b = await connect(server), await connect(server)
-    await a.join("r", "A")
-    await b.join("r", "B")
+    a, b = await pair(connect, server)
     await b.ws.close()
     left = await a.expect("peer_left")
     assert left == {"type": "peer_left", "peerId": b.peer_id, "reason": "closed"}
@@ -27,10 +26,7 @@ async def test_clean_close_leaves_at_once(server: RunningServer, connect: Client
 async def test_resume_within_grace_keeps_identity_silently(
     server: RunningServer, connect: ClientFactory
 ) -> None:
-    a, b = await connect(server), await connect(server)
-    await a.join("r", "A")
-    await b.join("r", "B")
-    await a.expect("peer_joined")
+    a, b = await pair(connect, server)
     token = b.welcome["resumeToken"]
 
     b.drop()
@@ -38,7 +34,7 @@ async def test_resume_within_grace_keeps_identity_silently(
     assert await a.sync() == [], "the room must not hear about a drop within the grace period"
 
     b2 = await connect(server)
-    listed = await b2.join("r", "B", resume=token)
+    listed = await b2.join("r", "Bob", resume=token)
     assert listed["peerId"] == b.peer_id
     assert [p["peerId"] for p in listed["peers"]] == [a.peer_id]
     assert listed["resumeToken"]
@@ -55,9 +51,7 @@ async def test_resume_within_grace_keeps_identity_silently(
 async def test_signal_to_peer_within_grace_is_refused(
     server: RunningServer, connect: ClientFactory
 ) -> None:
-    a, b = await connect(server), await connect(server)
-    await a.join("r", "A")
-    await b.join("r", "B")
+    a, b = await pair(connect, server)
     b.drop()
     await _poll_away(server, b.peer_id)
     await a.send({"type": "signal", "to": b.peer_id, "data": None})
@@ -70,9 +64,7 @@ async def test_grace_expiry_announces_timeout(
     make_server: ServerFactory, connect: ClientFactory
 ) -> None:
     server = await make_server(grace=0.3)
-    a, b = await connect(server), await connect(server)
-    await a.join("r", "A")
-    await b.join("r", "B")
+    a, b = await pair(connect, server)
     b.drop()
     left = await a.expect("peer_left")
     assert left == {"type": "peer_left", "peerId": b.peer_id, "reason": "timeout"}
@@ -82,12 +74,9 @@ async def test_grace_expiry_announces_timeout(
 async def test_resume_replaces_a_half_open_connection(
     server: RunningServer, connect: ClientFactory
 ) -> None:
-    a, b = await connect(server), await connect(server)
-    await a.join("r", "A")
-    await b.join("r", "B")
-    await a.expect("peer_joined")
+    a, b = await pair(connect, server)
     b2 = await connect(server)
-    listed = await b2.join("r", "B", resume=b.welcome["resumeToken"])
+    listed = await b2.join("r", "Bob", resume=b.welcome["resumeToken"])
     assert listed["peerId"] == b.peer_id
     assert await b.closed() == 4000
     assert await a.sync() == []
@@ -97,9 +86,7 @@ async def test_resume_replaces_a_half_open_connection(
 async def test_resume_with_new_name_announces_the_update(
     server: RunningServer, connect: ClientFactory
 ) -> None:
-    a, b = await connect(server), await connect(server)
-    await a.join("r", "A")
-    await b.join("r", "B")
+    a, b = await pair(connect, server)
     b.drop()
     await _poll_away(server, b.peer_id)
     b2 = await connect(server)
@@ -142,7 +129,7 @@ async def test_identity_survives_a_server_restart(connect: ClientFactory) -> Non
         listed_a = await a2.join("r", "A", resume=tokens[a.peer_id])
         assert listed_a["peerId"] == a.peer_id
         assert listed_a["peers"] == []
-        listed_b = await b2.join("r", "B", resume=tokens[b.peer_id])
+        listed_b = await b2.join("r", "Bob", resume=tokens[b.peer_id])
         assert listed_b["peerId"] == b.peer_id
         assert [p["peerId"] for p in listed_b["peers"]] == [a.peer_id]
         joined = await a2.expect("peer_joined")
