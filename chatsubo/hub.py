@@ -15,6 +15,7 @@ from .config import ServerConfig
 from .identity import TokenSigner
 from .metrics import Metrics
 from .rooms import Member, Room
+from .session import HEARTBEAT_TICKS
 
 if TYPE_CHECKING:
     from .session import Session
@@ -45,20 +46,23 @@ class Hub:
         self.closing = False
         self._lobby_dirty = asyncio.Event()
         self._lobby_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Start the background work: the coalesced room list broadcast."""
+        """Start the background work: the coalesced room list broadcast and the heartbeat."""
         self._lobby_task = asyncio.create_task(self._run_lobby())
+        self._heartbeat_task = asyncio.create_task(self._run_heartbeat())
 
     async def close(self) -> None:
         """Close every connection with 1012 so clients reconnect at once; stop background work."""
         self.closing = True
-        if self._lobby_task is not None:
-            self._lobby_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lobby_task
+        for task in (self._lobby_task, self._heartbeat_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for member in self.members.values():
             if member.expiry is not None:
                 member.expiry.cancel()
@@ -83,7 +87,7 @@ class Hub:
             limits=self.limits,
         )
 
-    async def disconnect(self, session: Session, *, clean: bool) -> None:
+    def disconnect(self, session: Session, *, clean: bool) -> None:
         """A connection ended. A clean close leaves the room; any other keeps the place a while."""
         self.sessions.discard(session)
         self.watchers.discard(session)
@@ -92,7 +96,7 @@ class Hub:
         if member is None or member.session is not session or self.closing:
             return
         if clean:
-            await self.remove(member, p.LeaveReason.CLOSED)
+            self.remove(member, p.LeaveReason.CLOSED)
             return
         member.session = None
         member.expiry = asyncio.create_task(self._expire(member))
@@ -100,17 +104,27 @@ class Hub:
             "peer %s dropped from %s; holding its place", member.peer_id, member.room.room_id
         )
 
+    async def _run_heartbeat(self) -> None:
+        """Give every session its heartbeat check, ``HEARTBEAT_TICKS`` times a period."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat / HEARTBEAT_TICKS)
+            for session in list(self.sessions):
+                try:
+                    session.heartbeat()
+                except Exception:
+                    logger.exception("heartbeat of peer %s failed", session.peer_id)
+
     async def _expire(self, member: Member) -> None:
         await asyncio.sleep(self.config.grace)
         member.expiry = None
         try:
-            await self.remove(member, p.LeaveReason.TIMEOUT)
+            self.remove(member, p.LeaveReason.TIMEOUT)
         except Exception:
             logger.exception("failed to remove peer %s after its grace period", member.peer_id)
 
     # --- rooms ---------------------------------------------------------------
 
-    async def join(self, session: Session, msg: p.Join) -> None:
+    def join(self, session: Session, msg: p.Join) -> None:
         """Put ``session`` in a room, resuming its old identity if it proves one."""
         started = time.perf_counter()
         if session.member is not None:
@@ -128,7 +142,7 @@ class Hub:
             peer_id = claimed
         member = self.members.get(peer_id)
         if member is not None and member.room.room_id == msg.room_id:
-            await self._reattach(session, member, msg.name)
+            self._reattach(session, member, msg.name)
         else:
             room = self.rooms.get(msg.room_id)
             if room is not None and len(room.members) >= self.config.max_room_size:
@@ -140,9 +154,9 @@ class Hub:
                 # The token's peer is in another room: it moves, and its old
                 # connection, if any, gives way to this one.
                 previous = member.session
-                await self.remove(member, p.LeaveReason.LEAVE)
+                self.remove(member, p.LeaveReason.LEAVE)
                 if previous is not None and previous is not session:
-                    await previous.close(p.CloseCode.REPLACED, "replaced by a newer connection")
+                    previous.end(p.CloseCode.REPLACED, "replaced by a newer connection")
             if room is None:
                 room = self.rooms[msg.room_id] = Room(msg.room_id)
             member = Member(peer_id=peer_id, name=msg.name, room=room, session=session)
@@ -150,7 +164,7 @@ class Hub:
             self.members[peer_id] = member
             session.member = member
             session.peer_id = peer_id
-            await self._broadcast(
+            self._broadcast(
                 room,
                 p.PeerJoined(
                     peer_id=peer_id,
@@ -161,7 +175,7 @@ class Hub:
                 exclude=member,
             )
             logger.info("peer %s (%s) joined %s", peer_id, member.name, room.room_id)
-        await session.send_message(
+        session.send_message(
             p.PeerList(
                 room_id=member.room.room_id,
                 peer_id=peer_id,
@@ -172,7 +186,7 @@ class Hub:
         self.metrics.join_latency.observe(time.perf_counter() - started)
         self._lobby_dirty.set()
 
-    async def _reattach(self, session: Session, member: Member, name: str) -> None:
+    def _reattach(self, session: Session, member: Member, name: str) -> None:
         """Give a member who is still in the room its new connection, silently for the others."""
         if member.expiry is not None:
             member.expiry.cancel()
@@ -183,21 +197,21 @@ class Hub:
         session.peer_id = member.peer_id
         if previous is not None:
             previous.member = None
-            await previous.close(p.CloseCode.REPLACED, "replaced by a newer connection")
+            previous.end(p.CloseCode.REPLACED, "replaced by a newer connection")
         logger.info("peer %s resumed in %s", member.peer_id, member.room.room_id)
         if name != member.name:
             member.name = name
-            await self._announce_update(member)
+            self._announce_update(member)
 
-    async def leave(self, session: Session, reason: p.LeaveReason) -> None:
+    def leave(self, session: Session, reason: p.LeaveReason) -> None:
         """Take ``session`` out of its room."""
         member = session.member
         if member is None:
             raise p.ProtocolError(p.ErrorCode.NOT_IN_ROOM, "not in a room")
         session.member = None
-        await self.remove(member, reason)
+        self.remove(member, reason)
 
-    async def remove(self, member: Member, reason: p.LeaveReason) -> None:
+    def remove(self, member: Member, reason: p.LeaveReason) -> None:
         """Remove a member and tell the room at once."""
         room = member.room
         if room.members.get(member.peer_id) is not member:
@@ -213,25 +227,25 @@ class Hub:
         if not room.members:
             del self.rooms[room.room_id]
         logger.info("peer %s left %s (%s)", member.peer_id, room.room_id, reason.value)
-        await self._broadcast(room, p.PeerLeft(peer_id=member.peer_id, reason=reason))
+        self._broadcast(room, p.PeerLeft(peer_id=member.peer_id, reason=reason))
         self._lobby_dirty.set()
 
-    async def update(self, session: Session, msg: p.Update) -> None:
+    def update(self, session: Session, msg: p.Update) -> None:
         """Change a member's name or zone and tell the room."""
         member = self._member_of(session)
         if isinstance(msg.name, str):
             member.name = msg.name
         if not isinstance(msg.zone, UnsetType):
             member.zone = msg.zone
-        await self._announce_update(member)
+        self._announce_update(member)
         self._lobby_dirty.set()
 
-    async def _announce_update(self, member: Member) -> None:
-        await self._broadcast(
+    def _announce_update(self, member: Member) -> None:
+        self._broadcast(
             member.room, p.PeerUpdated(peer_id=member.peer_id, name=member.name, zone=member.zone)
         )
 
-    async def relay(self, session: Session, msg: p.Signal) -> None:
+    def relay(self, session: Session, msg: p.Signal) -> None:
         """Pass a signal to its addressee, if and only if it is in the sender's room."""
         member = self._member_of(session)
         target = member.room.members.get(msg.to)
@@ -243,21 +257,21 @@ class Hub:
             raise p.ProtocolError(
                 p.ErrorCode.UNKNOWN_PEER, f"peer {msg.to!r} is reconnecting; signal not delivered"
             )
-        await target.session.send(p.encode(p.RelayedSignal(from_=member.peer_id, data=msg.data)))
-        self.metrics.relayed.inc()
+        target.session.send(p.encode(p.RelayedSignal(from_=member.peer_id, data=msg.data)))
+        self.metrics.relayed += 1
 
     def _member_of(self, session: Session) -> Member:
         if session.member is None:
             raise p.ProtocolError(p.ErrorCode.NOT_IN_ROOM, "join a room first")
         return session.member
 
-    async def _broadcast(
+    def _broadcast(
         self, room: Room, message: p.ServerMessage, exclude: Member | None = None
     ) -> None:
         data = p.encode(message)
         for m in list(room.members.values()):
             if m is not exclude and m.session is not None:
-                await m.session.send(data)
+                m.session.send(data)
 
     # --- lobby ---------------------------------------------------------------
 
@@ -266,10 +280,10 @@ class Hub:
         capacity = self.config.max_room_size
         return [self.rooms[r].info(capacity) for r in sorted(self.rooms)]
 
-    async def watch(self, session: Session) -> None:
+    def watch(self, session: Session) -> None:
         """Send the room list now and on every change."""
         self.watchers.add(session)
-        await session.send_message(p.Rooms(rooms=self.room_list()))
+        session.send_message(p.Rooms(rooms=self.room_list()))
 
     def unwatch(self, session: Session) -> None:
         """Stop sending the room list to ``session``."""
@@ -284,7 +298,7 @@ class Hub:
                 try:
                     data = p.encode(p.Rooms(rooms=self.room_list()))
                     for watcher in list(self.watchers):
-                        await watcher.send(data)
+                        watcher.send(data)
                 except Exception:
                     logger.exception("room list broadcast failed")
             await asyncio.sleep(self.config.lobby_interval)

@@ -80,8 +80,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     """The signaling socket: one ``Session`` per connection."""
     hub = request.app[HUB]
     config = hub.config
+    # No aiohttp heartbeat and no autoping: the session answers pings and the
+    # hub's heartbeat sweep pings silent peers (see Session.heartbeat).
     ws = web.WebSocketResponse(
-        heartbeat=config.heartbeat,
+        autoping=False,
         compress=False,
         max_msg_size=config.hard_message_bytes,
         timeout=2.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
@@ -21,6 +22,34 @@ logger = logging.getLogger(__name__)
 #: Close codes by which a client says it is leaving on purpose.
 _CLEAN_CLOSE_CODES = frozenset({1000, 1001})
 
+#: Heartbeat checks per ``heartbeat`` period. A silent peer is pinged after one
+#: period and dropped half a period later, each at most 1/8 period late.
+HEARTBEAT_TICKS = 8
+
+#: The first byte of a frame holding a whole message: the FIN bit and the opcode
+#: (RFC 6455, section 5.2). Compression would also set RSV1; it is off.
+_FIN = 0x80
+_FIN_TEXT = _FIN | WSMsgType.TEXT
+_pack_length_16 = struct.Struct("!BBH").pack
+_pack_length_64 = struct.Struct("!BBQ").pack
+_CLOSE_CODE = struct.Struct("!H").pack
+#: A control frame's payload is at most 125 bytes, two of them the close code.
+_MAX_CLOSE_REASON = 123
+
+
+def _text_frame(data: bytes) -> bytes:
+    """``data`` as one WebSocket text frame as a server sends it: unmasked."""
+    size = len(data)
+    if size < 126:
+        return bytes((_FIN_TEXT, size)) + data
+    if size < 65536:
+        return _pack_length_16(_FIN_TEXT, 126, size) + data
+    return _pack_length_64(_FIN_TEXT, 127, size) + data
+
+
+def _close_reason(reason: str) -> bytes:
+    return reason.encode()[:_MAX_CLOSE_REASON].decode(errors="ignore").encode()
+
 
 class Session:
     """A client's WebSocket. It lives exactly as long as the socket."""
@@ -36,64 +65,107 @@ class Session:
         # Patience refills slowly, so only a sustained flood exhausts it.
         self._patience = TokenBucket(config.flood_tolerance / 10, config.flood_tolerance)
         self._closed = False
+        #: Whether a frame arrived since the last heartbeat tick, and ticks without one.
+        self._heard = True
+        self._silent_ticks = 0
 
     # --- sending ---------------------------------------------------------------
 
-    async def send(self, data: bytes) -> None:
-        """Queue one encoded frame without waiting on a slow reader.
+    def send(self, data: bytes) -> None:
+        """Queue one encoded frame; never waits, least of all on a slow reader.
 
         A client whose unread backlog passes ``max_send_buffer`` is cut off as
         if its network had dropped, so it can never hold up the sender.
         """
-        if self._closed:
+        if self._closed or self.ws.closed:
             return
         transport = self._transport
         if transport.is_closing():
             return
         if transport.get_write_buffer_size() > self.hub.config.max_send_buffer:
             logger.info("peer %s does not read its messages; dropping the connection", self.peer_id)
-            self._closed = True
-            transport.abort()
+            self._drop()
             return
-        try:
-            await self.ws.send_frame(data, WSMsgType.TEXT)
-        except ConnectionError:
-            self._closed = True
+        # Straight to the transport: ws.send_frame would add two coroutines per
+        # message to repeat the checks above, and could wait for a drain.
+        # Compression is off, so a frame is just a header and the data.
+        transport.write(_text_frame(data))
 
-    async def send_message(self, message: p.ServerMessage) -> None:
+    def _send_control(self, opcode: WSMsgType, payload: bytes = b"") -> None:
+        """Write a ping or pong frame, unless the connection is on its way out."""
+        if not (self._closed or self.ws.closed or self._transport.is_closing()):
+            self._transport.write(bytes((_FIN | opcode, len(payload))) + payload)
+
+    def send_message(self, message: p.ServerMessage) -> None:
         """Encode and send one message."""
-        await self.send(p.encode(message))
+        self.send(p.encode(message))
 
-    async def error(self, code: p.ErrorCode, message: str) -> None:
+    def error(self, code: p.ErrorCode, message: str) -> None:
         """Tell the client what it did wrong; the connection stays open."""
         self.hub.metrics.errors.labels(code=code.value).inc()
-        await self.send_message(p.Error(code=code, message=message))
+        self.send_message(p.Error(code=code, message=message))
 
     async def close(self, code: int, reason: str) -> None:
-        """Close the socket with ``code``."""
+        """Close the socket with ``code``, waiting briefly for the client's goodbye."""
         self._closed = True
-        await self.ws.close(code=code, message=reason.encode())
+        await self.ws.close(code=code, message=_close_reason(reason))
+
+    def end(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` at once, without waiting for the client."""
+        self._send_control(WSMsgType.CLOSE, _CLOSE_CODE(code) + _close_reason(reason))
+        self._closed = True
+        self._transport.close()
+
+    def _drop(self) -> None:
+        """Cut the connection as if the network had failed; the peer keeps its place a while."""
+        self._closed = True
+        self._transport.abort()
 
     async def kick(self, code: p.CloseCode, error: p.ErrorCode, reason: str) -> None:
         """Send a last error, take the client out of its room at once, and close."""
-        await self.error(error, reason)
+        self.error(error, reason)
         if self.member is not None:
-            await self.hub.remove(self.member, p.LeaveReason.KICKED)
+            self.hub.remove(self.member, p.LeaveReason.KICKED)
         await self.close(code, reason)
+
+    # --- heartbeat -------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """One of ``HEARTBEAT_TICKS`` checks a period: ping a silent peer, then drop it.
+
+        The hub calls this for every session from one loop; aiohttp's own
+        heartbeat would re-arm a timer per connection on every frame received.
+        """
+        if self._heard:
+            self._heard = False
+            self._silent_ticks = 0
+            return
+        self._silent_ticks += 1
+        if self._silent_ticks == HEARTBEAT_TICKS:
+            self._send_control(WSMsgType.PING)
+        elif self._silent_ticks == HEARTBEAT_TICKS * 3 // 2:
+            logger.info("peer %s did not answer a ping; dropping the connection", self.peer_id)
+            self._drop()
 
     # --- receiving -------------------------------------------------------------
 
     async def run(self) -> None:
         """Serve the connection until it closes, then tell the hub how it ended."""
-        await self.send_message(self.hub.welcome(self))
+        self.send_message(self.hub.welcome(self))
         clean = False
         try:
             while not self._closed:
                 msg = await self.ws.receive()
+                self._heard = True
                 if msg.type is WSMsgType.TEXT:
                     await self._on_frame(msg.data)
                 elif msg.type is WSMsgType.BINARY:
                     await self._on_frame(None)
+                elif msg.type is WSMsgType.PING:
+                    if await self._admit():
+                        self._send_control(WSMsgType.PONG, msg.data)
+                elif msg.type is WSMsgType.PONG:
+                    pass  # Heard: that is all a pong is for.
                 elif msg.type is WSMsgType.CLOSE:
                     clean = msg.data in _CLEAN_CLOSE_CODES
                     break
@@ -104,22 +176,28 @@ class Session:
         except Exception:
             logger.exception("connection of peer %s failed", self.peer_id)
         finally:
-            await self.hub.disconnect(self, clean=clean)
+            self.hub.disconnect(self, clean=clean)
 
-    async def _on_frame(self, text: str | None) -> None:
-        """Police, decode and dispatch one frame; ``None`` stands for a binary frame."""
-        if not self._bucket.take():
-            if not self._patience.take():
-                await self.kick(
-                    p.CloseCode.POLICY_VIOLATION,
-                    p.ErrorCode.RATE_LIMITED,
-                    "message flood; closing the connection",
-                )
-                return
-            await self.error(
+    async def _admit(self) -> bool:
+        """Whether one more frame is within the rate limit; a sustained flood is closed."""
+        if self._bucket.take():
+            return True
+        if self._patience.take():
+            self.error(
                 p.ErrorCode.RATE_LIMITED,
                 f"over {self.hub.config.messages_per_second:g} messages a second; message dropped",
             )
+        else:
+            await self.kick(
+                p.CloseCode.POLICY_VIOLATION,
+                p.ErrorCode.RATE_LIMITED,
+                "message flood; closing the connection",
+            )
+        return False
+
+    async def _on_frame(self, text: str | None) -> None:
+        """Police, decode and dispatch one frame; ``None`` stands for a binary frame."""
+        if not await self._admit():
             return
         try:
             if text is None:
@@ -131,26 +209,26 @@ class Session:
                 raise p.ProtocolError(
                     p.ErrorCode.TOO_LARGE, f"message over {limit} bytes; message dropped"
                 )
-            await self._dispatch(p.decode_client(text))
+            self._dispatch(p.decode_client(text))
         except p.ProtocolError as exc:
-            await self.error(exc.code, exc.message)
+            self.error(exc.code, exc.message)
         except Exception:
             logger.exception("failed to handle a message from peer %s", self.peer_id)
 
-    async def _dispatch(self, msg: p.ClientMessage) -> None:
+    def _dispatch(self, msg: p.ClientMessage) -> None:
         hub = self.hub
         match msg:
             case p.Signal():
-                await hub.relay(self, msg)
+                hub.relay(self, msg)
             case p.Join():
-                await hub.join(self, msg)
+                hub.join(self, msg)
             case p.Leave():
-                await hub.leave(self, p.LeaveReason.LEAVE)
+                hub.leave(self, p.LeaveReason.LEAVE)
             case p.Update():
-                await hub.update(self, msg)
+                hub.update(self, msg)
             case p.Ping():
-                await self.send_message(p.Pong(t=msg.t))
+                self.send_message(p.Pong(t=msg.t))
             case p.WatchRooms():
-                await hub.watch(self)
+                hub.watch(self)
             case p.UnwatchRooms():
                 hub.unwatch(self)

@@ -11,6 +11,7 @@ not log an error or a traceback (the autouse fixture ``no_server_trouble``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -579,6 +580,27 @@ async def test_flood_is_refused_then_closed_while_others_keep_working(
     a.backlog.clear()
     await relays(a, b, {"candidate": "after"})
     await relays(b, a, {"candidate": "after"})
+
+
+async def test_websocket_ping_flood_is_closed(
+    make_server: ServerFactory, connect: ClientFactory
+) -> None:
+    """Protocol-level pings count against the limit too: each one costs the server a pong."""
+    server = await make_server(messages_per_second=5.0, message_burst=10, flood_tolerance=10)
+    a, b = await pair(connect, server, "bar")
+    flooder = await connect(server)
+    await flooder.join("bar", "Pinger")
+    await a.expect("peer_joined")
+    with contextlib.suppress(ConnectionResetError):
+        async with asyncio.timeout(DEADLINE):
+            while True:
+                await flooder.ws.ping(b"x")
+                await asyncio.sleep(0)
+    # The flooder, still writing pings, may see only the dropped TCP connection;
+    # the room's "kicked" is what proves the server closed it for the flood.
+    left = await a.expect("peer_left")
+    assert left == {"type": "peer_left", "peerId": flooder.peer_id, "reason": "kicked"}
+    await relays(a, b, {"candidate": "after"})
 
 
 # --- capacity ------------------------------------------------------------------
