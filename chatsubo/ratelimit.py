@@ -23,7 +23,9 @@ class TokenBucket:
     def take(self) -> bool:
         """Spend one token; False when the bucket is empty."""
         now = self._clock()
-        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        tokens = self._tokens + (now - self._stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
         self._stamp = now
         if tokens >= 1.0:
             self._tokens = tokens - 1.0

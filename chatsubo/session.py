@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 #: Close codes by which a client says it is leaving on purpose.
 _CLEAN_CLOSE_CODES = frozenset({1000, 1001})
 
+#: Frames that count against the rate limit: each one costs the server work.
+_COUNTED = frozenset({WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING})
+
 #: Heartbeat checks per ``heartbeat`` period. A silent peer is pinged after one
 #: period and dropped half a period later, each at most 1/8 period late.
 HEARTBEAT_TICKS = 8
@@ -157,20 +160,24 @@ class Session:
             while not self._closed:
                 msg = await self.ws.receive()
                 self._heard = True
-                if msg.type is WSMsgType.TEXT:
-                    await self._on_frame(msg.data)
-                elif msg.type is WSMsgType.BINARY:
-                    await self._on_frame(None)
-                elif msg.type is WSMsgType.PING:
-                    if await self._admit():
-                        self._send_control(WSMsgType.PONG, msg.data)
-                elif msg.type is WSMsgType.PONG:
-                    pass  # Heard: that is all a pong is for.
-                elif msg.type is WSMsgType.CLOSE:
+                kind = msg.type
+                if kind is WSMsgType.PONG:
+                    continue  # Heard: that is all a pong is for.
+                if kind is WSMsgType.CLOSE:
                     clean = msg.data in _CLEAN_CLOSE_CODES
                     break
-                else:
+                if kind not in _COUNTED:
                     break
+                if not self._bucket.take():
+                    await self._over_limit()
+                elif kind is WSMsgType.TEXT:
+                    self._on_text(msg.data)
+                elif kind is WSMsgType.PING:
+                    self._send_control(WSMsgType.PONG, msg.data)
+                else:
+                    self.error(
+                        p.ErrorCode.BAD_MESSAGE, "binary frames are not accepted; send JSON text"
+                    )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -178,10 +185,8 @@ class Session:
         finally:
             self.hub.disconnect(self, clean=clean)
 
-    async def _admit(self) -> bool:
-        """Whether one more frame is within the rate limit; a sustained flood is closed."""
-        if self._bucket.take():
-            return True
+    async def _over_limit(self) -> None:
+        """Refuse a frame over the rate limit; close the connection if the flood goes on."""
         if self._patience.take():
             self.error(
                 p.ErrorCode.RATE_LIMITED,
@@ -193,17 +198,10 @@ class Session:
                 p.ErrorCode.RATE_LIMITED,
                 "message flood; closing the connection",
             )
-        return False
 
-    async def _on_frame(self, text: str | None) -> None:
-        """Police, decode and dispatch one frame; ``None`` stands for a binary frame."""
-        if not await self._admit():
-            return
+    def _on_text(self, text: str) -> None:
+        """Decode and dispatch one text frame, answering a bad one with an error."""
         try:
-            if text is None:
-                raise p.ProtocolError(
-                    p.ErrorCode.BAD_MESSAGE, "binary frames are not accepted; send JSON text"
-                )
             limit = self.hub.config.max_message_bytes
             if len(text) > limit // 4 and len(text.encode()) > limit:
                 raise p.ProtocolError(
