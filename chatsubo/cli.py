@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import resource
 import ssl
@@ -25,14 +26,16 @@ logger = logging.getLogger("chatsubo")
 _COMMANDS = ("serve",)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
@@ -67,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on")
     serve.add_argument(
-        "--max-room-size", type=_positive_int, default=10, help="people allowed in one room"
+        "--max-room-size", type=positive_int, default=10, help="people allowed in one room"
     )
     serve.add_argument(
-        "--max-connections", type=_positive_int, default=20000, help="open WebSockets allowed"
+        "--max-connections", type=positive_int, default=20000, help="open WebSockets allowed"
     )
     serve.add_argument(
         "--ice-server",
@@ -114,19 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", type=Path, metavar="FILE", help="key for --tls-cert")
     serve.add_argument(
         "--grace",
-        type=_positive_float,
+        type=positive_float,
         default=20.0,
         help="seconds a dropped peer keeps its place before the room is told it left",
     )
     serve.add_argument(
         "--heartbeat",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         help="seconds between pings; a silent peer is dropped 1.5 periods later",
     )
     serve.add_argument(
         "--messages-per-second",
-        type=_positive_float,
+        type=positive_float,
         default=200.0,
         help="sustained messages allowed per connection (bursts of 3x pass)",
     )
@@ -162,11 +165,13 @@ def _ice_servers(args: argparse.Namespace) -> list[IceServer]:
     return servers
 
 
-def _raise_file_limit() -> None:
+def raise_file_limit() -> None:
     """Every WebSocket is a file descriptor; the usual soft limit of 1024 is far too low."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if soft != hard:
+        # An unlimited hard limit may still be refused as a soft one.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -184,7 +189,7 @@ def serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError, ssl.SSLError) as exc:
         print(f"chatsubo: {exc}", file=sys.stderr)
         return 2
-    _raise_file_limit()
+    raise_file_limit()
     config = ServerConfig(
         secret=secret,
         max_room_size=args.max_room_size,

@@ -28,7 +28,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import resource
 import secrets
 import shutil
 import signal
@@ -48,6 +47,8 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import aiohttp
 import msgspec
+
+from chatsubo.cli import positive_float, positive_int, raise_file_limit
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -107,13 +108,6 @@ def free_port() -> int:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def raise_file_limit() -> None:
-    """Every WebSocket is a file descriptor: lift the soft limit to the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -647,15 +641,20 @@ async def _relay_client(pipe: Pipe, job: RelayJob) -> None:
     pipe.send(("done", counts))
 
 
-def relay_client_process(pipe: Pipe, job: RelayJob) -> None:
-    """Entry point of one relay client process."""
+def run_client_process(pipe: Pipe, name: str, main: Coroutine[Any, Any, None]) -> None:
+    """The body of every client process: run ``main``, and report a failure to the parent."""
     raise_file_limit()
     try:
-        run_loop(_relay_client(pipe, job))
+        run_loop(main)
     except Exception as exc:
         # The parent may be gone already, having failed first.
         with contextlib.suppress(OSError):
-            pipe.send(("error", f"relay client {job.worker}: {exc!r}"))
+            pipe.send(("error", f"{name}: {exc!r}"))
+
+
+def relay_client_process(pipe: Pipe, job: RelayJob) -> None:
+    """Entry point of one relay client process."""
+    run_client_process(pipe, f"relay client {job.worker}", _relay_client(pipe, job))
 
 
 @dataclass
@@ -1100,13 +1099,7 @@ async def _idle_client(pipe: Pipe, job: IdleJob) -> None:
 
 def idle_client_process(pipe: Pipe, job: IdleJob) -> None:
     """Entry point of one idle client process."""
-    raise_file_limit()
-    try:
-        run_loop(_idle_client(pipe, job))
-    except Exception as exc:
-        # The parent may be gone already, having failed first.
-        with contextlib.suppress(OSError):
-            pipe.send(("error", f"idle client {job.worker}: {exc!r}"))
+    run_client_process(pipe, f"idle client {job.worker}", _idle_client(pipe, job))
 
 
 @dataclass
@@ -1254,20 +1247,6 @@ def _csv(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
     return parse
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults after each option; the description laid out as written."""
 
@@ -1309,26 +1288,26 @@ def build_parser() -> argparse.ArgumentParser:
         "its web/ folder) to run as one more server, labelled with the folder's name: "
         "before/after numbers from one run (repeatable)",
     )
-    relay.add_argument("--pairs", type=_positive_int, default=200, metavar="N", help="client pairs")
+    relay.add_argument("--pairs", type=positive_int, default=200, metavar="N", help="client pairs")
     relay.add_argument(
-        "--rounds", type=_positive_int, default=2, metavar="N", help="rounds over all servers"
+        "--rounds", type=positive_int, default=2, metavar="N", help="rounds over all servers"
     )
     relay.add_argument(
-        "--warmup", type=_positive_float, default=3.0, metavar="S", help="seconds before measuring"
+        "--warmup", type=positive_float, default=3.0, metavar="S", help="seconds before measuring"
     )
     relay.add_argument(
-        "--measure", type=_positive_float, default=10.0, metavar="S", help="seconds measured"
+        "--measure", type=positive_float, default=10.0, metavar="S", help="seconds measured"
     )
     relay.add_argument(
         "--client-procs",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         metavar="N",
         help="client processes the pairs are spread over",
     )
     relay.add_argument(
         "--signal-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=1500,
         metavar="B",
         help="approximate size of one signal frame",
@@ -1336,25 +1315,25 @@ def build_parser() -> argparse.ArgumentParser:
     join_group = parser.add_argument_group("join")
     join_group.add_argument(
         "--join-rooms",
-        type=_positive_int,
+        type=positive_int,
         default=20,
         metavar="N",
         help="rooms filled side by side, one join per room at a time",
     )
     join_group.add_argument(
-        "--join-room-size", type=_positive_int, default=10, metavar="N", help="joins per room"
+        "--join-room-size", type=positive_int, default=10, metavar="N", help="joins per room"
     )
     idle = parser.add_argument_group("idle")
     idle.add_argument(
         "--idle-connections",
-        type=_positive_int,
+        type=positive_int,
         default=10000,
         metavar="N",
         help="idle WebSockets to open",
     )
     idle.add_argument(
         "--idle-procs",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="N",
         help="client processes opening them",
@@ -1368,7 +1347,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     idle.add_argument(
         "--idle-hold",
-        type=_positive_float,
+        type=positive_float,
         default=8.0,
         metavar="S",
         help="seconds to hold them open before reading RSS; longer than a heartbeat period, "
@@ -1380,7 +1359,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     servers.add_argument(
         "--messages-per-second",
-        type=_positive_float,
+        type=positive_float,
         default=100000,
         metavar="N",
         help="Chatsubo's per-connection rate limit during the benchmark",
