@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat",
         type=positive_float,
         default=5.0,
-        help="seconds between pings; a silent peer is dropped 1.5 periods later",
+        help="seconds of silence before a socket is pinged; one silent 1.5 periods is dropped",
     )
     serve.add_argument(
         "--messages-per-second",
