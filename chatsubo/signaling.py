@@ -1,0 +1,255 @@
+"""The signaling client: a Python peer's link to the server, kept alive across drops.
+
+It joins one room and stays there. When the socket drops it reconnects with
+exponential backoff and jitter, and rejoins with its resume token, so it keeps
+its peer id and its peer-to-peer connections never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import msgspec
+from pyee.asyncio import AsyncIOEventEmitter
+from yarl import URL
+
+from . import protocol as p
+
+logger = logging.getLogger(__name__)
+
+#: Close codes after which reconnecting would be wrong.
+_FINAL_CLOSE_CODES = frozenset({p.CloseCode.POLICY_VIOLATION, p.CloseCode.REPLACED})
+
+#: Join errors that no amount of retrying will fix.
+_FINAL_JOIN_ERRORS = frozenset({p.ErrorCode.BAD_MESSAGE, p.ErrorCode.BAD_ORIGIN})
+
+
+def websocket_url(url: str) -> str:
+    """The signaling socket's URL, from the page's (``http://host:8080``) or the socket's own."""
+    parsed = URL(url if "://" in url else f"http://{url}")
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parsed.scheme)
+    if scheme is None or not parsed.host:
+        raise ValueError(f"{url!r} is not an http(s):// or ws(s):// URL")
+    path = parsed.path if parsed.path.endswith("/ws") else parsed.path.rstrip("/") + "/ws"
+    return str(parsed.with_scheme(scheme).with_path(path).with_query(None).with_fragment(None))
+
+
+class SignalingError(Exception):
+    """The server refused to let us into the room."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class SignalingOptions:
+    """How to reach the server and how to retry."""
+
+    url: str = "http://127.0.0.1:8080"
+    #: Accept any TLS certificate, as for a server run with ``--self-signed``.
+    insecure: bool = False
+    backoff_min: float = 0.25
+    backoff_max: float = 10.0
+    #: Seconds between our WebSocket pings; a server silent 1.5 periods is given up on.
+    heartbeat: float = 5.0
+
+
+class SignalingClient(AsyncIOEventEmitter):
+    """Membership of one room, through drops and server restarts.
+
+    Events, each with the message from :mod:`chatsubo.protocol`:
+    ``peer_list``, ``peer_joined``, ``peer_left``, ``peer_updated``,
+    ``signal``, ``rooms`` and ``server_error``; and ``connectionstatechange``
+    when :attr:`connectionState` changes (``new``, ``connecting``,
+    ``connected``, ``reconnecting``, ``closed``).
+    """
+
+    def __init__(self, room_id: str, name: str, options: SignalingOptions | None = None) -> None:
+        super().__init__()
+        if not p.is_valid_room_id(room_id):
+            raise ValueError(f"room name {room_id!r} must be 1-64 of A-Z a-z 0-9 . _ -")
+        self.room_id = room_id
+        self.name = name
+        self.options = options or SignalingOptions()
+        self._url = websocket_url(self.options.url)
+        self.peer_id: str | None = None
+        self.resume_token: str | None = None
+        self.ice_servers: list[p.IceServer] = []
+        self.connectionState = "new"
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._joined: asyncio.Future[None] | None = None
+        self._closing = False
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Join the room; returns once in it, retrying while the server is unreachable.
+
+        Raises :class:`SignalingError` if the server refuses the join for good
+        (a full room, a bad name).
+        """
+        if self._task is not None:
+            raise RuntimeError("connect() was already called")
+        self._joined = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run())
+        try:
+            await asyncio.shield(self._joined)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Leave the room and stop reconnecting."""
+        self._closing = True
+        if self._joined is not None and not self._joined.done():
+            self._joined.set_exception(SignalingError("closed", "closed before joining"))
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_str(p.encode(p.Leave()).decode())
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._set_state("closed")
+
+    # --- requests --------------------------------------------------------------
+
+    async def signal(self, to: str, data: Any) -> bool:
+        """Send ``data`` to peer ``to``; False when the server cannot be reached right now."""
+        return await self._send(p.Signal(to=to, data=msgspec.Raw(p.encode(data))))
+
+    async def update(
+        self, name: str | None = None, zone: str | msgspec.UnsetType | None = msgspec.UNSET
+    ) -> bool:
+        """Change our name or zone (None clears it); False while disconnected."""
+        if name is not None:
+            self.name = name
+        return await self._send(p.Update(name=msgspec.UNSET if name is None else name, zone=zone))
+
+    async def watch_rooms(self) -> bool:
+        """Ask for the lobby's room list, as ``rooms`` events."""
+        return await self._send(p.WatchRooms())
+
+    async def _send(self, message: p.ClientMessage) -> bool:
+        ws = self._ws
+        if ws is None or ws.closed or self.connectionState != "connected":
+            return False
+        try:
+            await ws.send_str(p.encode(message).decode())
+        except ConnectionError:
+            return False
+        return True
+
+    # --- the connection loop -----------------------------------------------------
+
+    def _set_state(self, state: str) -> None:
+        if state != self.connectionState:
+            self.connectionState = state
+            self.emit("connectionstatechange", state)
+
+    async def _run(self) -> None:
+        """Connect, serve, and reconnect with backoff until closed or refused for good."""
+        delay = self.options.backoff_min
+        ssl_context: ssl.SSLContext | bool = not self.options.insecure
+        async with aiohttp.ClientSession() as http:
+            while not self._closing:
+                self._set_state("connecting" if self.peer_id is None else "reconnecting")
+                code: int | None = None
+                try:
+                    async with http.ws_connect(
+                        self._url, heartbeat=self.options.heartbeat, ssl=ssl_context
+                    ) as ws:
+                        self._ws = ws
+                        if await self._serve(ws):
+                            delay = self.options.backoff_min
+                        code = ws.close_code
+                except SignalingError as exc:
+                    self._fail(exc)
+                    return
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    logger.info("signaling server %s unreachable: %s", self._url, exc)
+                except Exception:
+                    logger.exception("signaling connection failed")
+                finally:
+                    self._ws = None
+                if self._closing:
+                    break
+                if code in _FINAL_CLOSE_CODES:
+                    self._fail(SignalingError("closed", f"server closed the connection ({code})"))
+                    return
+                if code == p.CloseCode.SERVICE_RESTART:
+                    # The server is coming straight back; only spread the herd out.
+                    await asyncio.sleep(random.uniform(0, self.options.backoff_min))
+                    continue
+                wait = delay * random.uniform(0.5, 1.5)
+                logger.info("reconnecting to %s in %.1f s", self._url, wait)
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, self.options.backoff_max)
+
+    def _fail(self, error: SignalingError) -> None:
+        logger.warning("signaling stopped: %s", error)
+        if self._joined is not None and not self._joined.done():
+            self._joined.set_exception(error)
+        self._set_state("closed")
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        """Greet, join and dispatch until the socket closes; whether the join succeeded."""
+        joined = False
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                continue
+            try:
+                message = p.decode_server(msg.data)
+            except p.ProtocolError as exc:
+                logger.debug("ignoring a frame from the server: %s", exc.message)
+                continue
+            match message:
+                case p.Welcome():
+                    self.ice_servers = message.ice_servers
+                    join = p.Join(room_id=self.room_id, name=self.name, resume=self.resume_token)
+                    if self.resume_token is None:
+                        self.peer_id, self.resume_token = message.peer_id, message.resume_token
+                    await ws.send_str(p.encode(join).decode())
+                case p.PeerList():
+                    joined = True
+                    self.peer_id = message.peer_id
+                    self.resume_token = message.resume_token or self.resume_token
+                    self._set_state("connected")
+                    self.emit("peer_list", message)
+                    if self._joined is not None and not self._joined.done():
+                        self._joined.set_result(None)
+                case p.Error() if not joined:
+                    await self._join_refused(ws, message)
+                case p.Error():
+                    self.emit("server_error", message)
+                case p.RelayedSignal():
+                    self.emit("signal", message)
+                case _:
+                    self.emit(str(message.__struct_config__.tag), message)
+        return joined
+
+    async def _join_refused(self, ws: aiohttp.ClientWebSocketResponse, error: p.Error) -> None:
+        """Decide what a refused join means: retry fresh, wait, or give up."""
+        if error.code is p.ErrorCode.BAD_RESUME:
+            logger.info("resume token refused; joining as a new peer")
+            self.resume_token = None
+            await ws.send_str(p.encode(p.Join(room_id=self.room_id, name=self.name)).decode())
+            return
+        first_join = self._joined is not None and not self._joined.done()
+        if error.code in _FINAL_JOIN_ERRORS or first_join:
+            raise SignalingError(error.code.value, error.message)
+        self.emit("server_error", error)
+        await ws.close()

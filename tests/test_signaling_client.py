@@ -1,0 +1,188 @@
+"""The Python signaling client against the real server: join, relay, and survive restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from chatsubo import protocol as p
+from chatsubo.config import ServerConfig
+from chatsubo.signaling import SignalingClient, SignalingError, SignalingOptions, websocket_url
+from tests.conftest import (
+    DEADLINE,
+    TEST_SECRET,
+    RunningServer,
+    ServerFactory,
+    poll,
+    start_server,
+)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("http://host:8080", "ws://host:8080/ws"),
+        ("http://host:8080/", "ws://host:8080/ws"),
+        ("https://bar.example", "wss://bar.example/ws"),
+        ("ws://host:8080/ws", "ws://host:8080/ws"),
+        ("wss://host/ws?x=1", "wss://host/ws"),
+        ("127.0.0.1:9000", "ws://127.0.0.1:9000/ws"),
+    ],
+)
+def test_websocket_url(given: str, expected: str) -> None:
+    assert websocket_url(given) == expected
+
+
+def test_websocket_url_refuses_other_schemes() -> None:
+    with pytest.raises(ValueError, match="not an http"):
+        websocket_url("ftp://host/")
+
+
+class Recorder:
+    """Collects a client's events so a test can wait for them."""
+
+    def __init__(self, client: SignalingClient) -> None:
+        self.events: list[tuple[str, Any]] = []
+        for name in (
+            "peer_list",
+            "peer_joined",
+            "peer_left",
+            "peer_updated",
+            "signal",
+            "rooms",
+            "server_error",
+            "connectionstatechange",
+        ):
+            client.on(name, self._recorder(name))
+
+    def _recorder(self, name: str) -> Callable[[Any], None]:
+        return lambda value: self.events.append((name, value))
+
+    def of(self, name: str) -> list[Any]:
+        return [value for event, value in self.events if event == name]
+
+    async def wait(self, name: str, count: int = 1) -> list[Any]:
+        await poll(lambda: len(self.of(name)) >= count)
+        return self.of(name)
+
+
+ClientMaker = Callable[..., tuple[SignalingClient, Recorder]]
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[ClientMaker]:
+    clients: list[SignalingClient] = []
+
+    def make(
+        target: RunningServer | str, name: str, room: str = "r", **options: Any
+    ) -> tuple[SignalingClient, Recorder]:
+        url = target if isinstance(target, str) else target.url
+        client = SignalingClient(room, name, SignalingOptions(url=url, **options))
+        clients.append(client)
+        return client, Recorder(client)
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+async def test_join_discover_and_relay(server: RunningServer, make_client: ClientMaker) -> None:
+    a, a_events = make_client(server, "A")
+    await a.connect()
+    assert a.connectionState == "connected"
+    assert a_events.of("peer_list")[0].peers == []
+
+    b, b_events = make_client(server, "B")
+    await b.connect()
+    (listed,) = b_events.of("peer_list")
+    assert [peer.peer_id for peer in listed.peers] == [a.peer_id]
+    (joined,) = await a_events.wait("peer_joined")
+    assert (joined.peer_id, joined.name) == (b.peer_id, "B")
+
+    assert a.peer_id is not None
+    assert await b.signal(a.peer_id, {"type": "offer", "sdp": "v=0"})
+    (signal,) = await a_events.wait("signal")
+    assert signal.from_ == b.peer_id
+    assert json.loads(bytes(signal.data)) == {"type": "offer", "sdp": "v=0"}
+
+    assert await a.update(zone="Lounge")
+    updated = await b_events.wait("peer_updated")
+    assert updated[-1].zone == "Lounge"
+
+    await b.close()
+    (left,) = await a_events.wait("peer_left")
+    assert (left.peer_id, left.reason) == (b.peer_id, p.LeaveReason.LEAVE)
+    assert b.connectionState == "closed"
+
+
+async def test_full_room_is_refused(make_server: ServerFactory, make_client: ClientMaker) -> None:
+    server = await make_server(max_room_size=1)
+    a, _ = make_client(server, "A")
+    await a.connect()
+    b, _ = make_client(server, "B")
+    with pytest.raises(SignalingError) as caught:
+        await b.connect()
+    assert caught.value.code == "room_full"
+    assert b.connectionState == "closed"
+
+
+async def test_restart_keeps_identities(make_client: ClientMaker) -> None:
+    server = await start_server(ServerConfig(secret=TEST_SECRET))
+    port = server.port
+    a, a_events = make_client(server, "A")
+    b, b_events = make_client(server, "B")
+    await a.connect()
+    await b.connect()
+    ids = (a.peer_id, b.peer_id)
+
+    await server.stop()
+    await poll(lambda: "reconnecting" in a_events.of("connectionstatechange"))
+    server = await start_server(ServerConfig(secret=TEST_SECRET), port=port)
+    try:
+        await poll(lambda: a.connectionState == b.connectionState == "connected")
+        assert (a.peer_id, b.peer_id) == ids
+        assert len(a_events.of("peer_list")) == len(b_events.of("peer_list")) == 2
+        assert set(server.hub.members) == set(ids)
+        assert b.peer_id is not None
+        assert await a.signal(b.peer_id, None)
+        await b_events.wait("signal")
+    finally:
+        await server.stop()
+
+
+async def test_waits_for_a_server_that_is_not_up_yet(make_client: ClientMaker) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client, events = make_client(f"http://127.0.0.1:{port}", "Early", backoff_max=0.5)
+    connecting = asyncio.create_task(client.connect())
+    await poll(lambda: events.of("connectionstatechange") == ["connecting"])
+    assert not connecting.done()
+    server = await start_server(ServerConfig(secret=TEST_SECRET), port=port)
+    try:
+        await asyncio.wait_for(connecting, DEADLINE)
+        assert client.connectionState == "connected"
+    finally:
+        await server.stop()
+
+
+async def test_refused_resume_joins_as_a_new_peer(make_client: ClientMaker) -> None:
+    server = await start_server(ServerConfig(secret=b"old-secret"))
+    port = server.port
+    client, events = make_client(server, "A")
+    await client.connect()
+    old_id = client.peer_id
+    await server.stop()
+    server = await start_server(ServerConfig(secret=b"new-secret"), port=port)
+    try:
+        await events.wait("peer_list", count=2)
+        assert client.connectionState == "connected"
+        assert client.peer_id != old_id
+        assert set(server.hub.members) == {client.peer_id}
+    finally:
+        await server.stop()
