@@ -12,6 +12,7 @@ from . import protocol as p
 from .config import ServerConfig
 from .hub import Hub
 from .session import Session
+from .space import space_json
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def create_app(config: ServerConfig, web_root: Path | None = None) -> web.Applic
     root = web_root or default_web_root()
     app.router.add_get("/ws", websocket)
     app.router.add_get("/api/rooms", rooms)
+    app.router.add_get("/api/space", space)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
@@ -131,6 +133,11 @@ async def rooms(request: web.Request) -> web.Response:
     """The lobby's room list, the same as the ``rooms`` message."""
     hub = request.app[HUB]
     return web.Response(body=p.encode(p.Rooms(rooms=hub.room_list())), content_type=_JSON)
+
+
+async def space(request: web.Request) -> web.Response:
+    """The bar's map and distance model, shared by every peer."""
+    return web.Response(body=space_json(), content_type=_JSON)
 
 
 async def healthz(request: web.Request) -> web.Response:

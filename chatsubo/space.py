@@ -1,0 +1,126 @@
+"""The bar as a place: its map, and how loud a voice is from where you stand.
+
+This is the one definition that Python peers and the browser share. The
+server serves it as JSON at ``/api/space``; nothing here is written twice.
+Coordinates are meters: x grows to the right, y grows toward the bottom of the
+map, and a listener faces up the map (toward smaller y).
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+
+class Zone(msgspec.Struct, rename="camel", frozen=True):
+    """A named rectangle of the bar."""
+
+    name: str
+    x: float
+    y: float
+    width: float
+    height: float
+
+    def contains(self, x: float, y: float) -> bool:
+        """Whether the point lies inside the zone."""
+        return self.x <= x < self.x + self.width and self.y <= y < self.y + self.height
+
+    @property
+    def center(self) -> tuple[float, float]:
+        """The middle of the zone, where a newcomer to it stands."""
+        return (self.x + self.width / 2, self.y + self.height / 2)
+
+
+class BarMap(msgspec.Struct, rename="camel", frozen=True):
+    """The floor plan: its size and its zones."""
+
+    width: float
+    height: float
+    zones: list[Zone]
+
+    def zone_at(self, x: float, y: float) -> Zone | None:
+        """The zone holding the point, if any."""
+        return next((z for z in self.zones if z.contains(x, y)), None)
+
+    def zone(self, name: str) -> Zone:
+        """The zone called ``name`` (case-insensitive)."""
+        for zone in self.zones:
+            if zone.name.lower() == name.lower():
+                return zone
+        names = ", ".join(z.name for z in self.zones)
+        raise KeyError(f"no zone {name!r}; the zones are {names}")
+
+    def clamp(self, x: float, y: float) -> tuple[float, float]:
+        """The nearest point inside the bar."""
+        return (min(max(x, 0.0), self.width), min(max(y, 0.0), self.height))
+
+
+class DistanceModel(msgspec.Struct, rename="camel", frozen=True):
+    """Gain by distance, as Web Audio's inverse model computes it, plus a mute floor.
+
+    Within ``refDistance`` a voice is at full volume: the size of a
+    conversation at a bar table. Beyond it the gain falls as
+    ``ref / (ref + rolloff * (d - ref))``: steeper than Hubs' 5/5 because a
+    bar is small and loud. The browser feeds the same numbers to a PannerNode
+    (``distanceModel: "inverse"``); below ``muteBelow`` a voice is silenced.
+    """
+
+    model: str
+    ref_distance: float
+    rolloff_factor: float
+    max_distance: float
+    mute_below: float
+
+    def gain(self, distance: float) -> float:
+        """Linear gain for a voice ``distance`` meters away."""
+        d = min(max(distance, self.ref_distance), self.max_distance)
+        ref = self.ref_distance
+        gain = ref / (ref + self.rolloff_factor * (d - ref))
+        return 0.0 if gain < self.mute_below else gain
+
+    def stereo_gains(
+        self, listener: tuple[float, float], source: tuple[float, float]
+    ) -> tuple[float, float]:
+        """Left and right gains: distance gain times equal-power panning by direction."""
+        dx, dy = source[0] - listener[0], source[1] - listener[1]
+        distance = math.hypot(dx, dy)
+        pan = dx / distance if distance > 1e-9 else 0.0
+        angle = (pan + 1) * math.pi / 4
+        gain = self.gain(distance)
+        return gain * math.cos(angle), gain * math.sin(angle)
+
+
+class Space(msgspec.Struct, rename="camel", frozen=True):
+    """Everything about the bar that every peer must agree on."""
+
+    map: BarMap
+    distance_model: DistanceModel
+
+
+BAR = Space(
+    map=BarMap(
+        width=24.0,
+        height=16.0,
+        zones=[
+            Zone("Central Bar", 8.0, 0.0, 8.0, 6.0),
+            Zone("Gaming Zone", 0.0, 0.0, 8.0, 8.0),
+            Zone("Lounge", 16.0, 0.0, 8.0, 8.0),
+            Zone("Booths", 0.0, 8.0, 8.0, 8.0),
+            Zone("Dance Floor", 8.0, 6.0, 8.0, 10.0),
+            Zone("Terrace", 16.0, 8.0, 8.0, 8.0),
+        ],
+    ),
+    distance_model=DistanceModel(
+        model="inverse",
+        ref_distance=2.0,
+        rolloff_factor=2.5,
+        max_distance=30.0,
+        mute_below=0.015,
+    ),
+)
+
+
+def space_json() -> bytes:
+    """The shared definition as JSON, as served at ``/api/space``."""
+    return msgspec.json.encode(BAR)

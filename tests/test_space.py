@@ -1,0 +1,58 @@
+"""The shared definition of the bar: map, distance model, and what the browser is served."""
+
+from __future__ import annotations
+
+import aiohttp
+import msgspec
+import pytest
+
+from chatsubo.space import BAR, Space
+from tests.conftest import RunningServer
+
+MODEL = BAR.distance_model
+
+
+def test_full_volume_within_conversation_distance() -> None:
+    assert MODEL.gain(0.0) == 1.0
+    assert MODEL.gain(MODEL.ref_distance) == 1.0
+
+
+def test_gain_falls_steeply_then_mutes() -> None:
+    gains = [MODEL.gain(d) for d in (2.5, 4.0, 8.0, 16.0)]
+    assert gains == sorted(gains, reverse=True)
+    assert MODEL.gain(4.0) < 0.5
+    assert MODEL.gain(10.0) > MODEL.mute_below
+    assert MODEL.gain(MODEL.max_distance * 10) == MODEL.gain(MODEL.max_distance)
+
+
+def test_panning_follows_direction_with_equal_power() -> None:
+    listener = (10.0, 10.0)
+    left, right = MODEL.stereo_gains(listener, (9.0, 10.0))
+    assert left > 0.99
+    assert right < 0.01
+    left, right = MODEL.stereo_gains(listener, (11.5, 10.0))
+    assert right > left
+    left, right = MODEL.stereo_gains(listener, (10.0, 8.5))
+    assert left == pytest.approx(right)
+    assert left**2 + right**2 == pytest.approx(1.0)
+
+
+def test_zones_tile_the_bar() -> None:
+    bar = BAR.map
+    for x in range(int(bar.width)):
+        for y in range(int(bar.height)):
+            inside = [z.name for z in bar.zones if z.contains(x + 0.5, y + 0.5)]
+            assert len(inside) == 1, (x, y, inside)
+    assert bar.zone_at(*bar.zone("gaming zone").center) == bar.zone("Gaming Zone")
+    with pytest.raises(KeyError, match="the zones are"):
+        bar.zone("Kitchen")
+
+
+async def test_served_definition_is_the_python_one(server: RunningServer) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/api/space") as response:
+        assert response.status == 200
+        body = await response.read()
+    assert msgspec.json.decode(body, type=Space) == BAR
+    served = msgspec.json.decode(body)
+    assert served["distanceModel"]["refDistance"] == MODEL.ref_distance
+    assert served["map"]["zones"][0]["name"] == "Central Bar"
