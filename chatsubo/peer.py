@@ -1,0 +1,413 @@
+"""A mesh peer: one RTCPeerConnection to every other peer in a room.
+
+The signaling client finds the others; this module connects to each of them
+directly. The newcomer offers to everyone in its ``peer_list`` and answers
+nobody; existing peers answer. A link that does not connect in time, or fails
+later, is replaced with backoff. Links survive signaling outages: when the
+client rejoins, healthy links are kept as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.sdp import candidate_from_sdp
+from pyee.asyncio import AsyncIOEventEmitter
+
+from . import channels
+from . import protocol as p
+from .audio import AudioIn, AudioOut
+from .signaling import SignalingClient, SignalingOptions
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PeerOptions:
+    """Timing of the mesh."""
+
+    #: A link not connected this many seconds after it was made is replaced.
+    connect_timeout: float = 10.0
+    retry_min: float = 0.5
+    retry_max: float = 10.0
+
+
+@dataclass(eq=False)
+class Link:
+    """The connection to one remote peer, with its channels and its place in negotiation."""
+
+    peer_id: str
+    name: str
+    #: Whether we make the offers on this link (we were the newcomer).
+    offerer: bool
+    pc: RTCPeerConnection
+    #: The data channels, made once the media sections exist (see ``_open_channels``).
+    chat: RTCDataChannel | None = None
+    state: RTCDataChannel | None = None
+    audio_in: AudioIn | None = None
+    signals: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    pending_candidates: list[Any] = field(default_factory=list)
+    failures: int = 0
+    position: channels.Position | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def connected(self) -> bool:
+        return self.pc.connectionState == "connected"
+
+
+class MeshPeer(AsyncIOEventEmitter):
+    """Joins a room and keeps a full mesh of peer connections with everyone in it.
+
+    Events: ``peerconnected(peer_id)``, ``peerdisconnected(peer_id)``,
+    ``chat(peer_id, Chat)``, ``position(peer_id, Position)`` and
+    ``audio(peer_id, AudioIn)`` for each remote audio track, which is read
+    (and its frames counted) whether or not anyone listens. ``audio`` is the
+    peer's one encoded outgoing stream, shared by every link; without it the
+    peer only listens.
+    """
+
+    def __init__(
+        self,
+        room_id: str,
+        name: str,
+        signaling: SignalingOptions | None = None,
+        options: PeerOptions | None = None,
+        audio: AudioOut | None = None,
+    ) -> None:
+        super().__init__()
+        self.options = options or PeerOptions()
+        self.signaling = SignalingClient(room_id, name, signaling)
+        self.links: dict[str, Link] = {}
+        #: Peers the server says are in the room (or were, before an outage).
+        self.present: dict[str, str] = {}
+        self._audio = audio
+        self._chat_ids = itertools.count(1)
+        self._position_seq = itertools.count()
+        self._position: channels.Position | None = None
+        self._closing = False
+        self.signaling.on("peer_list", self._on_peer_list)
+        self.signaling.on("peer_joined", self._on_peer_joined)
+        self.signaling.on("peer_left", self._on_peer_left)
+        self.signaling.on("signal", self._on_signal)
+
+    @property
+    def peer_id(self) -> str | None:
+        """Our id in the room, once joined."""
+        return self.signaling.peer_id
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join the room; links to the others are made in the background."""
+        await self.signaling.connect()
+
+    async def close(self) -> None:
+        """Leave the room and close every link; cannot hang."""
+        self._closing = True
+        await self.signaling.close()
+        await asyncio.gather(*(self._close_link(link) for link in list(self.links.values())))
+
+    # --- what we say and where we stand ---------------------------------------------
+
+    def say(self, text: str) -> channels.Chat:
+        """Send a line of chat to everyone connected."""
+        message = channels.Chat(
+            id=f"{self.peer_id}-{next(self._chat_ids)}", text=text, ts=time.time() * 1000
+        )
+        data = channels.encode(message)
+        for link in self.links.values():
+            if link.chat is not None and link.chat.readyState == "open":
+                link.chat.send(data)
+        return message
+
+    def move(self, x: float, y: float, zone: str | None = None) -> None:
+        """Stand somewhere else; everyone connected is told, unless nothing changed."""
+        current = self._position
+        if current is not None and (current.x, current.y, current.zone) == (x, y, zone):
+            return
+        self._position = channels.Position(
+            x=x, y=y, zone=zone, seq=next(self._position_seq), ts=time.time() * 1000
+        )
+        data = channels.encode(self._position)
+        for link in self.links.values():
+            self._send_state(link, data)
+
+    @staticmethod
+    def _send_state(link: Link, data: str) -> None:
+        # Positions go stale fast: never queue one behind unsent others.
+        state = link.state
+        if state is not None and state.readyState == "open" and state.bufferedAmount < 4096:
+            state.send(data)
+
+    # --- signaling events ----------------------------------------------------------
+
+    def _on_peer_list(self, message: p.PeerList) -> None:
+        for info in message.peers:
+            self.present[info.peer_id] = info.name
+            link = self.links.get(info.peer_id)
+            if link is None:
+                self._open_link(info.peer_id, info.name, offerer=True)
+            else:
+                logger.debug("keeping the link to %s across the rejoin", info.peer_id)
+
+    def _on_peer_joined(self, message: p.PeerJoined) -> None:
+        self.present[message.peer_id] = message.name
+        if message.peer_id in self.links:
+            return
+        self._open_link(message.peer_id, message.name, offerer=False)
+
+    def _on_peer_left(self, message: p.PeerLeft) -> None:
+        self.present.pop(message.peer_id, None)
+        link = self.links.pop(message.peer_id, None)
+        if link is not None:
+            logger.info("%s left (%s)", link.name, message.reason.value)
+            self._spawn(self._close_link(link))
+
+    def _on_signal(self, message: p.RelayedSignal) -> None:
+        link = self.links.get(message.from_)
+        if link is None:
+            name = self.present.get(message.from_, message.from_)
+            link = self._open_link(message.from_, name, offerer=False)
+        try:
+            link.signals.put_nowait(msgspec.json.decode(bytes(message.data)))
+        except msgspec.DecodeError:
+            logger.debug("dropping an undecodable signal from %s", message.from_)
+
+    # --- links ---------------------------------------------------------------------
+
+    def _spawn(self, coro: Any, link: Link | None = None) -> asyncio.Task[None]:
+        """Run ``coro`` in the background, logging its failure rather than losing it."""
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.add_done_callback(_log_failure)
+        if link is not None:
+            link.tasks.add(task)
+            task.add_done_callback(link.tasks.discard)
+        return task
+
+    def _new_connection(self) -> RTCPeerConnection:
+        ice = [
+            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+            for s in self.signaling.ice_servers
+        ]
+        # An explicit, possibly empty list: aiortc's default is Google's STUN server.
+        return RTCPeerConnection(
+            RTCConfiguration(iceServers=ice, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
+
+    def _add_audio(self, pc: RTCPeerConnection, *, offering: bool) -> None:
+        """Our one audio track, or, when we only listen, a receive-only section in offers.
+
+        An answerer that only listens adds nothing: the offer's audio section
+        already made a transceiver for it.
+        """
+        if self._audio is not None:
+            pc.addTrack(self._audio.subscribe())
+        elif offering:
+            pc.addTransceiver("audio", direction="recvonly")
+
+    def _open_channels(self, link: Link) -> None:
+        """Make the two negotiated channels and connect them to our events.
+
+        aiortc bundles them correctly only when the audio section comes first:
+        the offerer adds its audio before this, the answerer calls this after
+        applying the offer.
+        """
+        pc = link.pc
+        chat = link.chat = pc.createDataChannel(
+            channels.CHAT.label, negotiated=True, id=channels.CHAT.id, ordered=channels.CHAT.ordered
+        )
+        state = link.state = pc.createDataChannel(
+            channels.STATE.label,
+            negotiated=True,
+            id=channels.STATE.id,
+            ordered=channels.STATE.ordered,
+            maxRetransmits=channels.STATE.max_retransmits,
+        )
+
+        @chat.on("open")
+        def on_chat_open() -> None:
+            if self._position is not None:
+                self._send_state(link, channels.encode(self._position))
+
+        @chat.on("message")
+        def on_chat(data: str | bytes) -> None:
+            try:
+                self.emit("chat", link.peer_id, channels.decode_chat(data))
+            except channels.ChannelError as exc:
+                logger.debug("dropping a chat message from %s: %s", link.peer_id, exc)
+
+        @state.on("message")
+        def on_position(data: str | bytes) -> None:
+            try:
+                position = channels.decode_position(data)
+            except channels.ChannelError as exc:
+                logger.debug("dropping a state message from %s: %s", link.peer_id, exc)
+                return
+            # Unordered channel: a late, older update must not move anyone back.
+            if link.position is None or position.seq > link.position.seq:
+                link.position = position
+                self.emit("position", link.peer_id, position)
+
+    def _open_link(self, peer_id: str, name: str, *, offerer: bool) -> Link:
+        link = Link(peer_id=peer_id, name=name, offerer=offerer, pc=self._new_connection())
+        self.links[peer_id] = link
+        self._wire(link)
+        self._spawn(self._process_signals(link), link)
+        if offerer:
+            self._spawn(self._offer(link), link)
+        self._spawn(self._watchdog(link, link.pc), link)
+        return link
+
+    def _wire(self, link: Link) -> None:
+        """Connect a link's connection and channels to our events."""
+        pc = link.pc
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if link.pc is not pc or self._closing:
+                return
+            logger.info("link to %s: %s", link.name, pc.connectionState)
+            if pc.connectionState == "connected":
+                link.failures = 0
+                self.emit("peerconnected", link.peer_id)
+            elif pc.connectionState == "failed":
+                self.emit("peerdisconnected", link.peer_id)
+                self._spawn(self._replace(link), link)
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio" and link.pc is pc:
+                # Read even if nobody listens: aiortc queues unread frames forever.
+                link.audio_in = AudioIn(track, link.name)
+                self.emit("audio", link.peer_id, link.audio_in)
+
+    async def _offer(self, link: Link) -> None:
+        pc = link.pc
+        self._add_audio(pc, offering=True)
+        self._open_channels(link)
+        await pc.setLocalDescription(await pc.createOffer())
+        await self.signaling.signal(link.peer_id, {"type": "offer", "sdp": pc.localDescription.sdp})
+
+    async def _process_signals(self, link: Link) -> None:
+        """Apply one peer's signals strictly in order."""
+        while True:
+            data = await link.signals.get()
+            try:
+                await self._apply(link, data)
+            except Exception as exc:
+                logger.info("bad signal from %s: %s", link.name, exc)
+
+    async def _apply(self, link: Link, data: Any) -> None:
+        if isinstance(data, dict) and data.get("type") in ("offer", "answer"):
+            description = RTCSessionDescription(sdp=str(data["sdp"]), type=data["type"])
+            if description.type == "offer":
+                await self._answer(link, description)
+            elif link.pc.signalingState == "have-local-offer":
+                await link.pc.setRemoteDescription(description)
+                await self._flush_candidates(link)
+            return
+        if data is None or (isinstance(data, dict) and not data.get("candidate")):
+            if link.pc.remoteDescription is None:
+                link.pending_candidates.append(None)
+            else:
+                await link.pc.addIceCandidate(None)
+            return
+        if link.pc.remoteDescription is None:
+            link.pending_candidates.append(data)
+        else:
+            await link.pc.addIceCandidate(_candidate(data))
+
+    async def _flush_candidates(self, link: Link) -> None:
+        pending, link.pending_candidates = link.pending_candidates, []
+        for data in pending:
+            await link.pc.addIceCandidate(None if data is None else _candidate(data))
+
+    async def _answer(self, link: Link, offer: RTCSessionDescription) -> None:
+        """Answer an offer; an offer always starts the link afresh."""
+        if link.pc.signalingState != "stable" or link.pc.remoteDescription is not None:
+            await self._reset(link)
+        pc = link.pc
+        await pc.setRemoteDescription(offer)
+        await self._flush_candidates(link)
+        self._add_audio(pc, offering=False)
+        self._open_channels(link)
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self.signaling.signal(
+            link.peer_id, {"type": "answer", "sdp": pc.localDescription.sdp}
+        )
+
+    async def _reset(self, link: Link) -> None:
+        """Give a link a fresh connection and channels."""
+        old, audio_in = link.pc, link.audio_in
+        link.pc, link.chat, link.state, link.audio_in = self._new_connection(), None, None, None
+        link.pending_candidates = []
+        self._wire(link)
+        self._spawn(self._watchdog(link, link.pc), link)
+        await old.close()
+        if audio_in is not None:
+            await audio_in.stop()
+
+    async def _watchdog(self, link: Link, pc: RTCPeerConnection) -> None:
+        """Replace a connection that has not connected in time."""
+        await asyncio.sleep(self.options.connect_timeout)
+        if link.pc is pc and pc.connectionState != "connected" and not self._closing:
+            logger.info("link to %s did not connect in time", link.name)
+            await self._replace(link)
+
+    async def _replace(self, link: Link) -> None:
+        """Start a failed link again after a backoff; the offerer makes the new offer."""
+        if self.links.get(link.peer_id) is not link:
+            return
+        if link.peer_id not in self.present:
+            self.links.pop(link.peer_id, None)
+            await self._close_link(link)
+            return
+        link.failures += 1
+        delay = min(self.options.retry_min * 2 ** (link.failures - 1), self.options.retry_max)
+        await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+        if self.links.get(link.peer_id) is not link or self._closing:
+            return
+        await self._reset(link)
+        if link.offerer:
+            await self._offer(link)
+
+    async def _close_link(self, link: Link) -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in link.tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await link.pc.close()
+        if link.audio_in is not None:
+            await link.audio_in.stop()
+        self.emit("peerdisconnected", link.peer_id)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background task failed", exc_info=task.exception())
+
+
+def _candidate(data: Any) -> Any:
+    """A browser's trickled candidate as aiortc wants it."""
+    candidate = candidate_from_sdp(str(data["candidate"]).split(":", 1)[1])
+    candidate.sdpMid = data.get("sdpMid")
+    candidate.sdpMLineIndex = data.get("sdpMLineIndex")
+    return candidate

@@ -1,0 +1,168 @@
+"""The mesh peer with real aiortc over real UDP on loopback, and the real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from chatsubo.audio import AudioOut, ToneSource
+from chatsubo.channels import Chat, Position
+from chatsubo.config import ServerConfig
+from chatsubo.peer import MeshPeer
+from chatsubo.signaling import SignalingOptions
+from tests.conftest import TEST_SECRET, RunningServer, poll, start_server
+
+#: Links between aiortc peers on loopback connect in well under a second; the
+#: margin is for two busy shared cores.
+MESH_DEADLINE = 20.0
+
+
+PeerMaker = Callable[..., MeshPeer]
+
+
+@pytest.fixture
+async def make_peer(server: RunningServer) -> AsyncIterator[PeerMaker]:
+    peers: list[MeshPeer] = []
+    outs: list[AudioOut] = []
+
+    def make(
+        name: str, room: str = "mesh", tone: float | None = None, url: str | None = None
+    ) -> MeshPeer:
+        audio = None
+        if tone is not None:
+            audio = AudioOut(ToneSource(tone))
+            outs.append(audio)
+        options = SignalingOptions(url=url or server.url, backoff_max=0.5)
+        peer = MeshPeer(room, name, options, audio=audio)
+        peers.append(peer)
+        return peer
+
+    yield make
+    await asyncio.gather(*(peer.close() for peer in peers))
+    for out in outs:
+        out.stop()
+
+
+def _connected(peer: MeshPeer, others: list[MeshPeer]) -> bool:
+    return all(
+        (link := peer.links.get(other.peer_id or "")) is not None and link.connected
+        for other in others
+    )
+
+
+async def _full_mesh(peers: list[MeshPeer]) -> None:
+    await poll(
+        lambda: all(_connected(p, [o for o in peers if o is not p]) for p in peers),
+        timeout=MESH_DEADLINE,
+    )
+
+
+async def test_three_peers_form_a_mesh_and_talk(make_peer: PeerMaker) -> None:
+    peers = [make_peer(name) for name in ("Armitage", "Case", "Molly")]
+    chats: dict[str, list[tuple[str, Chat]]] = {p.signaling.name: [] for p in peers}
+    positions: dict[str, list[tuple[str, Position]]] = {p.signaling.name: [] for p in peers}
+    for peer in peers:
+        name = peer.signaling.name
+        peer.on("chat", lambda sender, chat, name=name: chats[name].append((sender, chat)))
+        peer.on("position", lambda sender, pos, name=name: positions[name].append((sender, pos)))
+        await peer.start()
+    await _full_mesh(peers)
+
+    case = peers[1]
+    sent = case.say("Sky above the port")
+    await poll(lambda: all(len(chats[n]) == 1 for n in ("Armitage", "Molly")))
+    for name in ("Armitage", "Molly"):
+        sender, chat = chats[name][0]
+        assert sender == case.peer_id
+        assert (chat.id, chat.text) == (sent.id, "Sky above the port")
+    assert chats["Case"] == []
+
+    case.move(3.5, 4.0, "Gaming Zone")
+    await poll(lambda: all(len(positions[n]) >= 1 for n in ("Armitage", "Molly")))
+    sender, position = positions["Molly"][-1]
+    assert sender == case.peer_id
+    assert (position.x, position.y, position.zone) == (3.5, 4.0, "Gaming Zone")
+
+
+async def test_a_peer_that_leaves_is_closed_by_the_others(make_peer: PeerMaker) -> None:
+    a, b = make_peer("A"), make_peer("B")
+    await a.start()
+    await b.start()
+    await _full_mesh([a, b])
+    b_id = b.peer_id
+    await b.close()
+    await poll(lambda: b_id not in a.links, timeout=2.0)
+
+
+def _frames(peer: MeshPeer) -> dict[str, int]:
+    return {
+        pid: link.audio_in.frames for pid, link in peer.links.items() if link.audio_in is not None
+    }
+
+
+async def test_audio_flows_both_ways_on_every_link(make_peer: PeerMaker) -> None:
+    peers = [make_peer(name, tone=hz) for name, hz in (("A", 330.0), ("B", 440.0), ("C", 550.0))]
+    for peer in peers:
+        await peer.start()
+    await _full_mesh(peers)
+    await poll(lambda: all(len(_frames(p)) == 2 for p in peers), timeout=MESH_DEADLINE)
+    start = {p.signaling.name: _frames(p) for p in peers}
+    started = asyncio.get_running_loop().time()
+    await poll(lambda: all(min(_frames(p).values()) > 150 for p in peers), timeout=MESH_DEADLINE)
+    elapsed = asyncio.get_running_loop().time() - started
+    for peer in peers:
+        for pid, frames in _frames(peer).items():
+            received = frames - start[peer.signaling.name][pid]
+            expected = elapsed / 0.020
+            assert received >= 0.95 * expected, (peer.signaling.name, pid, received, expected)
+
+
+async def test_mesh_survives_a_server_restart(make_peer: PeerMaker) -> None:
+    server = await start_server(ServerConfig(secret=TEST_SECRET))
+    port = server.port
+    a, b = make_peer("A", tone=330.0, url=server.url), make_peer("B", tone=440.0, url=server.url)
+    await a.start()
+    await b.start()
+    await _full_mesh([a, b])
+    ids = (a.peer_id, b.peer_id)
+    pcs = (a.links[b.peer_id or ""].pc, b.links[a.peer_id or ""].pc)
+    await poll(lambda: len(_frames(a)) == 1)
+
+    await server.stop()
+    await poll(lambda: a.signaling.connectionState == "reconnecting")
+    during = _frames(a)[b.peer_id or ""]
+    await poll(lambda: _frames(a)[b.peer_id or ""] > during + 25)
+
+    server = await start_server(ServerConfig(secret=TEST_SECRET), port=port)
+    try:
+        await poll(
+            lambda: a.signaling.connectionState == b.signaling.connectionState == "connected"
+        )
+        assert (a.peer_id, b.peer_id) == ids
+        await _full_mesh([a, b])
+        # The same connections: nothing was renegotiated.
+        assert (a.links[b.peer_id or ""].pc, b.links[a.peer_id or ""].pc) == pcs
+        a.say("still here")
+        await poll(lambda: server.hub.rooms["mesh"].members.keys() == set(ids))
+    finally:
+        await server.stop()
+
+
+async def test_closing_leaves_no_tasks(server: RunningServer) -> None:
+    before = asyncio.all_tasks()
+    outs = [AudioOut(ToneSource(hz)) for hz in (300.0, 400.0)]
+    peers = [
+        MeshPeer("tidy", name, SignalingOptions(url=server.url), audio=out)
+        for name, out in zip(("A", "B"), outs, strict=True)
+    ]
+    for peer in peers:
+        await peer.start()
+    await _full_mesh(peers)
+    await poll(lambda: all(len(_frames(p)) == 1 for p in peers))
+    for peer in peers:
+        await peer.close()
+    for out in outs:
+        out.stop()
+    await poll(lambda: not (asyncio.all_tasks() - before - {asyncio.current_task()}))
