@@ -241,8 +241,8 @@ class MeshPeer(AsyncIOEventEmitter):
             maxRetransmits=channels.STATE.max_retransmits,
         )
 
-        @chat.on("open")
-        def on_chat_open() -> None:
+        @state.on("open")
+        def on_state_open() -> None:
             if self._position is not None:
                 self._send_state(link, channels.encode(self._position))
 

@@ -166,3 +166,41 @@ async def test_closing_leaves_no_tasks(server: RunningServer) -> None:
     for out in outs:
         out.stop()
     await poll(lambda: not (asyncio.all_tasks() - before - {asyncio.current_task()}))
+
+
+async def test_garbage_on_the_data_channels_is_survived(make_peer: PeerMaker) -> None:
+    a, b = make_peer("A"), make_peer("B")
+    heard: list[Chat] = []
+    b.on("chat", lambda _sender, chat: heard.append(chat))
+    moved: list[Position] = []
+    b.on("position", lambda _sender, pos: moved.append(pos))
+    await a.start()
+    await b.start()
+    await _full_mesh([a, b])
+    link = a.links[b.peer_id or ""]
+    assert link.chat is not None
+    assert link.state is not None
+    await poll(lambda: link.chat is not None and link.chat.readyState == "open")
+    garbage: list[str | bytes] = [
+        "not json",
+        "[]",
+        '{"type": "chat"}',
+        '{"type": "chat", "id": "x", "text": "", "ts": 1}',
+        '{"type": "chat", "id": "x", "text": "' + "y" * 501 + '", "ts": 1}',
+        '{"type": "pos", "x": "left", "y": 1, "seq": 1, "ts": 1}',
+        '{"type": "dance"}',
+        "[" * 5000,
+        b"\x00\xff" * 3000,
+    ]
+    for junk in garbage:
+        link.chat.send(junk)
+        link.state.send(junk)
+    sent = a.say("still standing")
+    await poll(lambda: [c.id for c in heard] == [sent.id])
+    # Positions are dropped, not queued, while the channel is backed up: move
+    # once the junk has drained.
+    await poll(lambda: link.state is not None and link.state.bufferedAmount == 0)
+    a.move(1.0, 2.0)
+    await poll(lambda: bool(moved))
+    assert (moved[-1].x, moved[-1].y) == (1.0, 2.0)
+    assert link.connected
