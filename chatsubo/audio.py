@@ -33,7 +33,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from numpy.typing import NDArray
 
-from chatsubo.space import BAR, DistanceModel
+from .space import BAR, OPUS_BITRATE, DistanceModel
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,6 @@ SAMPLE_RATE = 48000
 FRAME_SAMPLES = 960
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
 TIME_BASE = Fraction(1, SAMPLE_RATE)
-#: About what a browser sends for one voice; aiortc's own default is 96 kbit/s stereo.
-OPUS_BITRATE = 32000
 
 #: Semitones above 220 Hz of a pentatonic scale, so that bots in a room sound distinct
 #: yet never clash.

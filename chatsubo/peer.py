@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -101,6 +102,8 @@ class MeshPeer(AsyncIOEventEmitter):
         self._chat_ids = itertools.count(1)
         self._position_seq = itertools.count()
         self._position: channels.Position | None = None
+        self._position_sent_at = -math.inf
+        self._position_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self.signaling.on("peer_list", self._on_peer_list)
         self.signaling.on("peer_joined", self._on_peer_joined)
@@ -121,6 +124,8 @@ class MeshPeer(AsyncIOEventEmitter):
     async def close(self) -> None:
         """Leave the room and close every link; cannot hang."""
         self._closing = True
+        if self._position_timer is not None:
+            self._position_timer.cancel()
         await self.signaling.close()
         await asyncio.gather(*(self._close_link(link) for link in list(self.links.values())))
 
@@ -138,16 +143,29 @@ class MeshPeer(AsyncIOEventEmitter):
         return message
 
     def move(self, x: float, y: float, zone: str | None = None) -> None:
-        """Stand somewhere else; everyone connected is told, unless nothing changed."""
+        """Stand somewhere else; everyone connected is told, unless nothing changed.
+
+        Updates go out at most ``POSITION_RATE`` times a second; moves in
+        between are folded into the next one, so the last always arrives.
+        """
         current = self._position
         if current is not None and (current.x, current.y, current.zone) == (x, y, zone):
             return
         self._position = channels.Position(
             x=x, y=y, zone=zone, seq=next(self._position_seq), ts=time.time() * 1000
         )
-        data = channels.encode(self._position)
-        for link in self.links.values():
-            self._send_state(link, data)
+        if self._position_timer is None:
+            loop = asyncio.get_running_loop()
+            due = self._position_sent_at + 1 / channels.POSITION_RATE
+            self._position_timer = loop.call_at(max(due, loop.time()), self._publish_position)
+
+    def _publish_position(self) -> None:
+        self._position_timer = None
+        self._position_sent_at = asyncio.get_running_loop().time()
+        if self._position is not None:
+            data = channels.encode(self._position)
+            for link in self.links.values():
+                self._send_state(link, data)
 
     @staticmethod
     def _send_state(link: Link, data: str) -> None:

@@ -12,6 +12,12 @@ import math
 
 import msgspec
 
+from .channels import CHAT, CHAT_MAX_CHARS, POSITION_RATE, STATE, ChannelSpec
+
+#: Opus, mono, at a speech bitrate, as a browser sends one voice (aiortc's own
+#: default is 96 kbit/s stereo).
+OPUS_BITRATE = 32_000
+
 
 class Zone(msgspec.Struct, rename="camel", frozen=True):
     """A named rectangle of the bar."""
@@ -91,11 +97,22 @@ class DistanceModel(msgspec.Struct, rename="camel", frozen=True):
         return gain * math.cos(angle), gain * math.sin(angle)
 
 
+class PeerRules(msgspec.Struct, rename="camel", frozen=True):
+    """The peer-to-peer conventions: data channels and their limits."""
+
+    chat: ChannelSpec
+    state: ChannelSpec
+    chat_max_chars: int
+    position_rate: float
+    audio_bitrate: int
+
+
 class Space(msgspec.Struct, rename="camel", frozen=True):
     """Everything about the bar that every peer must agree on."""
 
     map: BarMap
     distance_model: DistanceModel
+    peer: PeerRules
 
 
 BAR = Space(
@@ -117,6 +134,13 @@ BAR = Space(
         rolloff_factor=2.5,
         max_distance=30.0,
         mute_below=0.015,
+    ),
+    peer=PeerRules(
+        chat=CHAT,
+        state=STATE,
+        chat_max_chars=CHAT_MAX_CHARS,
+        position_rate=POSITION_RATE,
+        audio_bitrate=OPUS_BITRATE,
     ),
 )
 

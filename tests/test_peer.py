@@ -204,3 +204,22 @@ async def test_garbage_on_the_data_channels_is_survived(make_peer: PeerMaker) ->
     await poll(lambda: bool(moved))
     assert (moved[-1].x, moved[-1].y) == (1.0, 2.0)
     assert link.connected
+
+
+async def test_positions_are_rate_limited_and_the_last_one_arrives(make_peer: PeerMaker) -> None:
+    a, b = make_peer("A"), make_peer("B")
+    moved: list[Position] = []
+    b.on("position", lambda _sender, pos: moved.append(pos))
+    await a.start()
+    await b.start()
+    await _full_mesh([a, b])
+    link = a.links[b.peer_id or ""]
+    await poll(lambda: link.state is not None and link.state.readyState == "open")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for step in range(50):
+        a.move(float(step) / 10, 1.0)
+        await asyncio.sleep(0.005)
+    await poll(lambda: bool(moved) and moved[-1].x == 4.9)
+    elapsed = loop.time() - started
+    assert len(moved) <= elapsed * 10 + 2, (len(moved), elapsed)

@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from chatsubo import channels
 from chatsubo import protocol as p
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -16,8 +17,13 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 def _examples(section: str) -> list[str]:
     text = DOC.read_text()
-    client, server = text.split("## Server to client")
-    part = client.split("## Client to server")[1] if section == "client" else server
+    signaling, peer_to_peer = text.split("## Peer to peer")
+    client, server = signaling.split("## Server to client")
+    part = {
+        "client": client.split("## Client to server")[1],
+        "server": server,
+        "peer": peer_to_peer,
+    }[section]
     return re.findall(r"```json\n(.*?)\n```", part, flags=re.S)
 
 
@@ -97,3 +103,10 @@ def test_update_distinguishes_absent_from_null_zone() -> None:
     assert isinstance(cleared, p.Update)
     assert absent.zone is msgspec.UNSET
     assert cleared.zone is None
+
+
+@pytest.mark.parametrize("example", _examples("peer"))
+def test_documented_channel_messages_decode(example: str) -> None:
+    decode = channels.decode_chat if '"chat"' in example else channels.decode_position
+    message = decode(example)
+    assert json.loads(channels.encode(message)) == json.loads(example)
