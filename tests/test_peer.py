@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from chatsubo.audio import AudioOut, ToneSource
 from chatsubo.channels import Chat, Position
 from chatsubo.config import ServerConfig
-from chatsubo.peer import MeshPeer
-from chatsubo.signaling import SignalingOptions
+from chatsubo.peer import MeshPeer, PeerOptions
+from chatsubo.signaling import SignalingClient, SignalingOptions
 from tests.conftest import TEST_SECRET, RunningServer, poll, start_server
 
 #: Links between aiortc peers on loopback connect in well under a second; the
@@ -28,14 +32,18 @@ async def make_peer(server: RunningServer) -> AsyncIterator[PeerMaker]:
     outs: list[AudioOut] = []
 
     def make(
-        name: str, room: str = "mesh", tone: float | None = None, url: str | None = None
+        name: str,
+        room: str = "mesh",
+        tone: float | None = None,
+        url: str | None = None,
+        options: PeerOptions | None = None,
     ) -> MeshPeer:
         audio = None
         if tone is not None:
             audio = AudioOut(ToneSource(tone))
             outs.append(audio)
-        options = SignalingOptions(url=url or server.url, backoff_max=0.5)
-        peer = MeshPeer(room, name, options, audio=audio)
+        signaling = SignalingOptions(url=url or server.url, backoff_max=0.5)
+        peer = MeshPeer(room, name, signaling, options, audio=audio)
         peers.append(peer)
         return peer
 
@@ -223,3 +231,66 @@ async def test_positions_are_rate_limited_and_the_last_one_arrives(make_peer: Pe
     await poll(lambda: bool(moved) and moved[-1].x == 4.9)
     elapsed = loop.time() - started
     assert len(moved) <= elapsed * 10 + 2, (len(moved), elapsed)
+
+
+async def test_trickled_candidates_from_a_browser_like_peer(
+    server: RunningServer, make_peer: PeerMaker
+) -> None:
+    """Offer without candidates, then trickle them after a delay, then null: as browsers do."""
+    bot = make_peer("Bot")
+    await bot.start()
+    browser = SignalingClient("mesh", "Browser", SignalingOptions(url=server.url))
+    answers: list[Any] = []
+    browser.on("signal", lambda m: answers.append(json.loads(bytes(m.data))))
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+    try:
+        await browser.connect()
+        pc.addTransceiver("audio", direction="recvonly")
+        chat = pc.createDataChannel("chat", negotiated=True, id=0)
+        await pc.setLocalDescription(await pc.createOffer())
+        lines = pc.localDescription.sdp.splitlines()
+        # A trickling browser's offer has neither candidates nor end-of-candidates.
+        trickled = ("a=candidate", "a=end-of-candidates")
+        sdp = "\r\n".join(line for line in lines if not line.startswith(trickled)) + "\r\n"
+        candidates = [line[2:] for line in lines if line.startswith("a=candidate")]
+        assert bot.peer_id is not None
+        # Early candidates first: the bot must hold them until the offer is applied.
+        await browser.signal(
+            bot.peer_id, {"candidate": candidates[0], "sdpMid": "0", "sdpMLineIndex": 0}
+        )
+        await browser.signal(bot.peer_id, {"type": "offer", "sdp": sdp})
+        for candidate in candidates[1:]:
+            await browser.signal(
+                bot.peer_id, {"candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0}
+            )
+        await browser.signal(bot.peer_id, None)
+        await poll(lambda: bool(answers))
+        await pc.setRemoteDescription(
+            RTCSessionDescription(sdp=answers[0]["sdp"], type=answers[0]["type"])
+        )
+        await poll(lambda: pc.connectionState == "connected", timeout=MESH_DEADLINE)
+        heard: list[Chat] = []
+        bot.on("chat", lambda _sender, message: heard.append(message))
+        await poll(lambda: chat.readyState == "open")
+        chat.send('{"type": "chat", "id": "b-1", "text": "hi from a browser", "ts": 1}')
+        await poll(lambda: [m.text for m in heard] == ["hi from a browser"])
+    finally:
+        await pc.close()
+        await browser.close()
+
+
+async def test_a_link_that_never_connects_is_offered_again(
+    server: RunningServer, make_peer: PeerMaker
+) -> None:
+    silent = SignalingClient("mesh", "Silent", SignalingOptions(url=server.url))
+    offers: list[Any] = []
+    silent.on("signal", lambda m: offers.append(json.loads(bytes(m.data))))
+    try:
+        await silent.connect()
+        bot = make_peer("Bot", options=PeerOptions(connect_timeout=0.5, retry_min=0.1))
+        await bot.start()
+        await poll(lambda: len(offers) >= 3)
+        assert {o["type"] for o in offers} == {"offer"}
+        assert len({o["sdp"] for o in offers}) == len(offers), "each retry is a new connection"
+    finally:
+        await silent.close()
