@@ -38,6 +38,9 @@ from .signaling import SignalingClient, SignalingOptions
 
 logger = logging.getLogger(__name__)
 
+#: Audio level reports per second and remote peer.
+LEVEL_RATE = 4.0
+
 
 @dataclass
 class PeerOptions:
@@ -79,7 +82,9 @@ class MeshPeer(AsyncIOEventEmitter):
     Events: ``peerconnected(peer_id)``, ``peerdisconnected(peer_id)``,
     ``chat(peer_id, Chat)``, ``position(peer_id, Position)`` and
     ``audio(peer_id, AudioIn)`` for each remote audio track, which is read
-    (and its frames counted) whether or not anyone listens. ``audio`` is the
+    (and its frames counted) whether or not anyone listens, and
+    ``audiolevel(peer_id, dbfs)`` for each of them ``LEVEL_RATE`` times a
+    second, for speaking indicators. ``audio`` is the
     peer's one encoded outgoing stream, shared by every link; without it the
     peer only listens.
     """
@@ -105,6 +110,7 @@ class MeshPeer(AsyncIOEventEmitter):
         self._position_sent_at = -math.inf
         self._position_timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._levels: asyncio.Task[None] | None = None
         self.signaling.on("peer_list", self._on_peer_list)
         self.signaling.on("peer_joined", self._on_peer_joined)
         self.signaling.on("peer_left", self._on_peer_left)
@@ -120,12 +126,23 @@ class MeshPeer(AsyncIOEventEmitter):
     async def start(self) -> None:
         """Join the room; links to the others are made in the background."""
         await self.signaling.connect()
+        self._levels = asyncio.create_task(self._report_levels())
+
+    async def _report_levels(self) -> None:
+        while True:
+            await asyncio.sleep(1 / LEVEL_RATE)
+            for peer_id, link in list(self.links.items()):
+                if link.audio_in is not None:
+                    self.emit("audiolevel", peer_id, link.audio_in.level_dbfs)
 
     async def close(self) -> None:
         """Leave the room and close every link; cannot hang."""
         self._closing = True
         if self._position_timer is not None:
             self._position_timer.cancel()
+        if self._levels is not None:
+            self._levels.cancel()
+            await asyncio.gather(self._levels, return_exceptions=True)
         await self.signaling.close()
         await asyncio.gather(*(self._close_link(link) for link in list(self.links.values())))
 

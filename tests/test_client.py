@@ -85,3 +85,17 @@ async def test_two_bots_meet_chat_and_hear_each_other_in_space(
     assert right > 5 * left
     spectrum = np.abs(np.fft.rfft(pcm[:, 1]))
     assert abs(np.argmax(spectrum) * 48000 / len(pcm) - 440) < 5
+
+
+async def test_count_runs_a_meshed_crowd_in_one_process(server: RunningServer) -> None:
+    crowd = await _bot(server, "--name", "guest", "--count", "3", "--wander", "--duration", "4")
+    events = await _events(crowd)
+    bots = {e["bot"] for e in events}
+    assert bots == {"guest-1", "guest-2", "guest-3"}
+    for bot in bots:
+        connected = {
+            e["peer"] for e in events if e["bot"] == bot and e["event"] == "peer_connected"
+        }
+        assert len(connected) == 2, (bot, connected)
+        assert any(e["bot"] == bot and e["event"] == "left" for e in events)
+    assert any(e["event"] == "position" for e in events), "wandering bots report positions"

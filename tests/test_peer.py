@@ -112,6 +112,8 @@ def _frames(peer: MeshPeer) -> dict[str, int]:
 
 async def test_audio_flows_both_ways_on_every_link(make_peer: PeerMaker) -> None:
     peers = [make_peer(name, tone=hz) for name, hz in (("A", 330.0), ("B", 440.0), ("C", 550.0))]
+    levels: dict[str, float] = {}
+    peers[0].on("audiolevel", lambda pid, dbfs: levels.__setitem__(pid, dbfs))
     for peer in peers:
         await peer.start()
     await _full_mesh(peers)
@@ -125,6 +127,8 @@ async def test_audio_flows_both_ways_on_every_link(make_peer: PeerMaker) -> None
             received = frames - start[peer.signaling.name][pid]
             expected = elapsed / 0.020
             assert received >= 0.95 * expected, (peer.signaling.name, pid, received, expected)
+    # A tone at 0.3 of full scale is about -13 dBFS: clearly speaking.
+    await poll(lambda: len(levels) == 2 and min(levels.values()) > -30)
 
 
 async def test_mesh_survives_a_server_restart(make_peer: PeerMaker) -> None:
@@ -138,10 +142,14 @@ async def test_mesh_survives_a_server_restart(make_peer: PeerMaker) -> None:
     pcs = (a.links[b.peer_id or ""].pc, b.links[a.peer_id or ""].pc)
     await poll(lambda: len(_frames(a)) == 1)
 
+    heard: list[Chat] = []
+    b.on("chat", lambda _sender, chat: heard.append(chat))
     await server.stop()
     await poll(lambda: a.signaling.connectionState == "reconnecting")
     during = _frames(a)[b.peer_id or ""]
     await poll(lambda: _frames(a)[b.peer_id or ""] > during + 25)
+    sent = a.say("the server is down, we are not")
+    await poll(lambda: [c.id for c in heard] == [sent.id])
 
     server = await start_server(ServerConfig(secret=TEST_SECRET), port=port)
     try:
@@ -152,7 +160,6 @@ async def test_mesh_survives_a_server_restart(make_peer: PeerMaker) -> None:
         await _full_mesh([a, b])
         # The same connections: nothing was renegotiated.
         assert (a.links[b.peer_id or ""].pc, b.links[a.peer_id or ""].pc) == pcs
-        a.say("still here")
         await poll(lambda: server.hub.rooms["mesh"].members.keys() == set(ids))
     finally:
         await server.stop()
