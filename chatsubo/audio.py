@@ -148,6 +148,23 @@ def _samples(frame: av.AudioFrame) -> Pcm:
     return np.asarray(frame.to_ndarray(), np.int16).reshape(-1)
 
 
+def _open_stream(kind: str, channels: int, dtype: str, callback: Any, device: str) -> Any:
+    """A started sounddevice stream of 20 ms blocks; AudioUnavailable if it cannot be had."""
+    sd = _sounddevice()
+    try:
+        stream = getattr(sd, kind)(
+            samplerate=SAMPLE_RATE,
+            channels=channels,
+            dtype=dtype,
+            blocksize=FRAME_SAMPLES,
+            callback=callback,
+        )
+        stream.start()
+    except (sd.PortAudioError, ValueError) as exc:
+        raise AudioUnavailable(f"cannot open the {device}: {exc}") from exc
+    return stream
+
+
 class MicSource(AudioSource):
     """The default input device, through a sounddevice stream.
 
@@ -156,19 +173,8 @@ class MicSource(AudioSource):
     """
 
     def __init__(self) -> None:
-        sd = _sounddevice()
         self._blocks: collections.deque[Pcm] = collections.deque(maxlen=5)
-        try:
-            self._stream: Any = sd.InputStream(
-                samplerate=SAMPLE_RATE,
-                channels=1,
-                dtype="int16",
-                blocksize=FRAME_SAMPLES,
-                callback=self._callback,
-            )
-            self._stream.start()
-        except (sd.PortAudioError, ValueError) as exc:
-            raise AudioUnavailable(f"cannot open the microphone: {exc}") from exc
+        self._stream = _open_stream("InputStream", 1, "int16", self._callback, "microphone")
 
     def _callback(self, indata: Pcm, frames: int, time: Any, status: Any) -> None:
         # deque.append is atomic, so the PortAudio thread needs no lock.
@@ -496,19 +502,8 @@ class Speaker(_MixClock):
     """
 
     def __init__(self, mixer: SpatialMixer) -> None:
-        sd = _sounddevice()
         self._frames: collections.deque[Stereo] = collections.deque(maxlen=5)
-        try:
-            self._stream: Any = sd.OutputStream(
-                samplerate=SAMPLE_RATE,
-                channels=2,
-                dtype="float32",
-                blocksize=FRAME_SAMPLES,
-                callback=self._callback,
-            )
-            self._stream.start()
-        except (sd.PortAudioError, ValueError) as exc:
-            raise AudioUnavailable(f"cannot open the speaker: {exc}") from exc
+        self._stream = _open_stream("OutputStream", 2, "float32", self._callback, "speaker")
         super().__init__(mixer, "Speaker")
 
     def _write(self, mix: Stereo) -> None:
