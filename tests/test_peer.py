@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -165,8 +166,9 @@ async def test_mesh_survives_a_server_restart(make_peer: PeerMaker) -> None:
         await server.stop()
 
 
-async def test_closing_leaves_no_tasks(server: RunningServer) -> None:
+async def test_closing_leaves_no_tasks_or_threads(server: RunningServer) -> None:
     before = asyncio.all_tasks()
+    threads_before = set(threading.enumerate())
     outs = [AudioOut(ToneSource(hz)) for hz in (300.0, 400.0)]
     peers = [
         MeshPeer("tidy", name, SignalingOptions(url=server.url), audio=out)
@@ -181,6 +183,7 @@ async def test_closing_leaves_no_tasks(server: RunningServer) -> None:
     for out in outs:
         out.stop()
     await poll(lambda: not (asyncio.all_tasks() - before - {asyncio.current_task()}))
+    await poll(lambda: not (set(threading.enumerate()) - threads_before))
 
 
 async def test_garbage_on_the_data_channels_is_survived(make_peer: PeerMaker) -> None:
