@@ -7,7 +7,7 @@ them; browsers read the same numbers from ``/api/space``.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Final, TypeVar
 
 import msgspec
 
@@ -55,6 +55,8 @@ class Position(ChannelMessage, tag="pos"):
     zone: Annotated[str, msgspec.Meta(max_length=32)] | None = None
 
 
+M = TypeVar("M", bound=ChannelMessage)
+
 _chat_decoder = msgspec.json.Decoder(Chat)
 _state_decoder = msgspec.json.Decoder(Position)
 _UNDECODABLE = (msgspec.DecodeError, RecursionError, UnicodeError)
@@ -64,27 +66,23 @@ class ChannelError(ValueError):
     """A data channel message that is malformed, oversized or unknown."""
 
 
-def _check_size(data: str | bytes) -> None:
+def _decode(decoder: msgspec.json.Decoder[M], data: str | bytes) -> M:
     if len(data) > MAX_CHANNEL_MESSAGE_BYTES:
         raise ChannelError(f"message of {len(data)} bytes is over {MAX_CHANNEL_MESSAGE_BYTES}")
+    try:
+        return decoder.decode(data)
+    except _UNDECODABLE as exc:
+        raise ChannelError(str(exc)) from None
 
 
 def decode_chat(data: str | bytes) -> Chat:
     """Validate a message from the ``chat`` channel."""
-    _check_size(data)
-    try:
-        return _chat_decoder.decode(data)
-    except _UNDECODABLE as exc:
-        raise ChannelError(str(exc)) from None
+    return _decode(_chat_decoder, data)
 
 
 def decode_position(data: str | bytes) -> Position:
     """Validate a message from the ``state`` channel."""
-    _check_size(data)
-    try:
-        return _state_decoder.decode(data)
-    except _UNDECODABLE as exc:
-        raise ChannelError(str(exc)) from None
+    return _decode(_state_decoder, data)
 
 
 def encode(message: ChannelMessage) -> str:

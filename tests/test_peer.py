@@ -186,19 +186,28 @@ async def test_closing_leaves_no_tasks_or_threads(server: RunningServer) -> None
     await poll(lambda: not (set(threading.enumerate()) - threads_before))
 
 
-async def test_garbage_on_the_data_channels_is_survived(make_peer: PeerMaker) -> None:
+async def _open_pair(make_peer: PeerMaker) -> tuple[MeshPeer, MeshPeer, list[Position]]:
+    """A and B meshed with both channels open; the positions B receives."""
     a, b = make_peer("A"), make_peer("B")
-    heard: list[Chat] = []
-    b.on("chat", lambda _sender, chat: heard.append(chat))
     moved: list[Position] = []
     b.on("position", lambda _sender, pos: moved.append(pos))
     await a.start()
     await b.start()
     await _full_mesh([a, b])
     link = a.links[b.peer_id or ""]
+    await poll(
+        lambda: all(c is not None and c.readyState == "open" for c in (link.chat, link.state))
+    )
+    return a, b, moved
+
+
+async def test_garbage_on_the_data_channels_is_survived(make_peer: PeerMaker) -> None:
+    a, b, moved = await _open_pair(make_peer)
+    heard: list[Chat] = []
+    b.on("chat", lambda _sender, chat: heard.append(chat))
+    link = a.links[b.peer_id or ""]
     assert link.chat is not None
     assert link.state is not None
-    await poll(lambda: link.chat is not None and link.chat.readyState == "open")
     garbage: list[str | bytes] = [
         "not json",
         "[]",
@@ -225,14 +234,7 @@ async def test_garbage_on_the_data_channels_is_survived(make_peer: PeerMaker) ->
 
 
 async def test_positions_are_rate_limited_and_the_last_one_arrives(make_peer: PeerMaker) -> None:
-    a, b = make_peer("A"), make_peer("B")
-    moved: list[Position] = []
-    b.on("position", lambda _sender, pos: moved.append(pos))
-    await a.start()
-    await b.start()
-    await _full_mesh([a, b])
-    link = a.links[b.peer_id or ""]
-    await poll(lambda: link.state is not None and link.state.readyState == "open")
+    a, _, moved = await _open_pair(make_peer)
     loop = asyncio.get_running_loop()
     started = loop.time()
     for step in range(50):
