@@ -11,6 +11,8 @@ from typing import Annotated, Final, TypeVar
 
 import msgspec
 
+from .protocol import UNDECODABLE
+
 CHAT_MAX_CHARS: Final = 500
 #: Larger messages are dropped unread: nothing valid comes near this.
 MAX_CHANNEL_MESSAGE_BYTES: Final = 4096
@@ -59,7 +61,6 @@ M = TypeVar("M", bound=ChannelMessage)
 
 _chat_decoder = msgspec.json.Decoder(Chat)
 _state_decoder = msgspec.json.Decoder(Position)
-_UNDECODABLE = (msgspec.DecodeError, RecursionError, UnicodeError)
 
 
 class ChannelError(ValueError):
@@ -71,7 +72,7 @@ def _decode(decoder: msgspec.json.Decoder[M], data: str | bytes) -> M:
         raise ChannelError(f"message of {len(data)} bytes is over {MAX_CHANNEL_MESSAGE_BYTES}")
     try:
         return decoder.decode(data)
-    except _UNDECODABLE as exc:
+    except UNDECODABLE as exc:
         raise ChannelError(str(exc)) from None
 
 

@@ -253,9 +253,9 @@ class ProtocolError(Exception):
         self.message = message
 
 
-# msgspec raises RecursionError for deeply nested values it skips or keeps raw,
-# and UnicodeError for a str holding lone surrogates.
-_UNDECODABLE = (msgspec.DecodeError, RecursionError, UnicodeError)
+#: What msgspec raises for bad input: DecodeError, RecursionError for deeply
+#: nested values it skips or keeps raw, UnicodeError for lone surrogates.
+UNDECODABLE = (msgspec.DecodeError, RecursionError, UnicodeError)
 _client_decoder = msgspec.json.Decoder(ClientMessage)
 _server_decoder = msgspec.json.Decoder(ServerMessage)
 _encoder = msgspec.json.Encoder()
@@ -265,7 +265,7 @@ def decode_client(frame: str | bytes) -> ClientMessage:
     """Decode and validate one frame sent by a client."""
     try:
         return cast(ClientMessage, _client_decoder.decode(frame))
-    except _UNDECODABLE as exc:
+    except UNDECODABLE as exc:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
 
 
@@ -273,7 +273,7 @@ def decode_server(frame: str | bytes) -> ServerMessage:
     """Decode and validate one frame sent by the server (for Python clients)."""
     try:
         return cast(ServerMessage, _server_decoder.decode(frame))
-    except _UNDECODABLE as exc:
+    except UNDECODABLE as exc:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
 
 
