@@ -73,13 +73,19 @@ class Link:
 
     @property
     def connected(self) -> bool:
-        return self.pc.connectionState == "connected"
+        """Whether the link is usable: connected, and chat can be sent on it."""
+        return (
+            self.pc.connectionState == "connected"
+            and self.chat is not None
+            and self.chat.readyState == "open"
+        )
 
 
 class MeshPeer(AsyncIOEventEmitter):
     """Joins a room and keeps a full mesh of peer connections with everyone in it.
 
-    Events: ``peerconnected(peer_id)``, ``peerdisconnected(peer_id)``,
+    Events: ``peerconnected(peer_id)`` once a link can carry chat,
+    ``peerdisconnected(peer_id)``,
     ``chat(peer_id, Chat)``, ``position(peer_id, Position)`` and
     ``audio(peer_id, AudioIn)`` for each remote audio track, which is read
     (and its frames counted) whether or not anyone listens, and
@@ -276,6 +282,12 @@ class MeshPeer(AsyncIOEventEmitter):
             maxRetransmits=channels.STATE.max_retransmits,
         )
 
+        @chat.on("open")
+        def on_chat_open() -> None:
+            # Only now is the link of use: "connected" comes before the channels open.
+            link.failures = 0
+            self.emit("peerconnected", link.peer_id)
+
         @state.on("open")
         def on_state_open() -> None:
             if self._position is not None:
@@ -319,10 +331,7 @@ class MeshPeer(AsyncIOEventEmitter):
             if link.pc is not pc or self._closing:
                 return
             logger.info("link to %s: %s", link.name, pc.connectionState)
-            if pc.connectionState == "connected":
-                link.failures = 0
-                self.emit("peerconnected", link.peer_id)
-            elif pc.connectionState == "failed":
+            if pc.connectionState == "failed":
                 self.emit("peerdisconnected", link.peer_id)
                 self._spawn(self._replace(link), link)
 
