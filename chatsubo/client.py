@@ -32,7 +32,7 @@ from .channels import POSITION_RATE, Chat, Position
 from .cli import positive_float, positive_int
 from .peer import MeshPeer
 from .signaling import SignalingError, SignalingOptions, websocket_url
-from .space import BAR
+from .space import BAR, Zone
 
 logger = logging.getLogger("chatsubo.bot")
 
@@ -136,11 +136,13 @@ class Bot:
         sent = self.peer.say(text)
         self._report("said", text=text, id=sent.id)
 
-    def move(self, x: float, y: float) -> None:
+    def move(self, x: float, y: float) -> Zone | None:
+        """Stand at (x, y), kept inside the bar; the zone we are now in."""
         self.position = BAR.map.clamp(x, y)
         zone = BAR.map.zone_at(*self.position)
         self.mixer.listener = self.position
         self.peer.move(*self.position, zone.name if zone else None)
+        return zone
 
     async def start(self) -> None:
         """Open the sinks, join, and start the habits."""
@@ -150,8 +152,7 @@ class Bot:
             self._sinks.append(WavRecorder(self.options.record, self.mixer))
         await self.peer.start()
         self._report("joined", peer=self.peer.peer_id, room=self.options.room)
-        self.move(*self.position)
-        zone = BAR.map.zone_at(*self.position)
+        zone = self.move(*self.position)
         await self.peer.signaling.update(zone=zone.name if zone else None)
         if self.options.wander:
             self._tasks.append(asyncio.create_task(self._wander()))
@@ -166,8 +167,7 @@ class Bot:
             await asyncio.sleep(1 / POSITION_RATE)
             heading += random.gauss(0, 0.4)
             x, y = self.position
-            self.move(x + 0.12 * math.cos(heading), y + 0.12 * math.sin(heading))
-            here = BAR.map.zone_at(*self.position)
+            here = self.move(x + 0.12 * math.cos(heading), y + 0.12 * math.sin(heading))
             if here is not zone:
                 zone = here
                 await self.peer.signaling.update(zone=here.name if here else None)

@@ -68,6 +68,15 @@ class CloseCode(enum.IntEnum):
     REPLACED = 4000
 
 
+#: A close frame's payload is at most 125 bytes, two of them the close code.
+_MAX_CLOSE_REASON = 123
+
+
+def close_reason(reason: str) -> bytes:
+    """``reason`` as a close frame may carry it: at most 123 bytes of whole UTF-8 characters."""
+    return reason.encode()[:_MAX_CLOSE_REASON].decode(errors="ignore").encode()
+
+
 def _check_text(value: str, what: str) -> None:
     """Refuse display text that would render as something other than itself."""
     if not value.isprintable() or not value.strip():

@@ -126,7 +126,7 @@ async def _refuse(
 ) -> None:
     hub.metrics.errors.labels(code=code.value).inc()
     await ws.send_frame(p.encode(p.Error(code=code, message=reason)), web.WSMsgType.TEXT)
-    await ws.close(code=close, message=reason.encode()[:120])
+    await ws.close(code=close, message=p.close_reason(reason))
 
 
 async def rooms(request: web.Request) -> web.Response:

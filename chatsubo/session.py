@@ -36,8 +36,6 @@ _FIN_TEXT = _FIN | WSMsgType.TEXT
 _pack_length_16 = struct.Struct("!BBH").pack
 _pack_length_64 = struct.Struct("!BBQ").pack
 _CLOSE_CODE = struct.Struct("!H").pack
-#: A control frame's payload is at most 125 bytes, two of them the close code.
-_MAX_CLOSE_REASON = 123
 
 
 def _text_frame(data: bytes) -> bytes:
@@ -48,10 +46,6 @@ def _text_frame(data: bytes) -> bytes:
     if size < 65536:
         return _pack_length_16(_FIN_TEXT, 126, size) + data
     return _pack_length_64(_FIN_TEXT, 127, size) + data
-
-
-def _close_reason(reason: str) -> bytes:
-    return reason.encode()[:_MAX_CLOSE_REASON].decode(errors="ignore").encode()
 
 
 class Session:
@@ -80,11 +74,9 @@ class Session:
         A client whose unread backlog passes ``max_send_buffer`` is cut off as
         if its network had dropped, so it can never hold up the sender.
         """
-        if self._closed or self.ws.closed:
+        if not self._writable():
             return
         transport = self._transport
-        if transport.is_closing():
-            return
         if transport.get_write_buffer_size() > self.hub.config.max_send_buffer:
             logger.info("peer %s does not read its messages; dropping the connection", self.peer_id)
             self._drop()
@@ -94,9 +86,13 @@ class Session:
         # Compression is off, so a frame is just a header and the data.
         transport.write(_text_frame(data))
 
+    def _writable(self) -> bool:
+        """Whether frames may still go out: not closed by us, aiohttp or the network."""
+        return not (self._closed or self.ws.closed or self._transport.is_closing())
+
     def _send_control(self, opcode: WSMsgType, payload: bytes = b"") -> None:
-        """Write a ping or pong frame, unless the connection is on its way out."""
-        if not (self._closed or self.ws.closed or self._transport.is_closing()):
+        """Write a ping, pong or close frame, unless the connection is on its way out."""
+        if self._writable():
             self._transport.write(bytes((_FIN | opcode, len(payload))) + payload)
 
     def send_message(self, message: p.ServerMessage) -> None:
@@ -111,11 +107,11 @@ class Session:
     async def close(self, code: int, reason: str) -> None:
         """Close the socket with ``code``, waiting briefly for the client's goodbye."""
         self._closed = True
-        await self.ws.close(code=code, message=_close_reason(reason))
+        await self.ws.close(code=code, message=p.close_reason(reason))
 
     def end(self, code: int, reason: str) -> None:
         """Close the socket with ``code`` at once, without waiting for the client."""
-        self._send_control(WSMsgType.CLOSE, _CLOSE_CODE(code) + _close_reason(reason))
+        self._send_control(WSMsgType.CLOSE, _CLOSE_CODE(code) + p.close_reason(reason))
         self._closed = True
         self._transport.close()
 

@@ -41,6 +41,11 @@ def websocket_url(url: str) -> str:
     return str(parsed.with_scheme(scheme).with_path(path).with_query(None).with_fragment(None))
 
 
+async def _write(ws: aiohttp.ClientWebSocketResponse, message: p.ClientMessage) -> None:
+    """Send one message as the text frame the server requires."""
+    await ws.send_str(p.encode(message).decode())
+
+
 class SignalingError(Exception):
     """The server refused to let us into the room."""
 
@@ -116,7 +121,7 @@ class SignalingClient(AsyncIOEventEmitter):
         ws = self._ws
         if ws is not None and not ws.closed:
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.send_str(p.encode(p.Leave()).decode())
+                await _write(ws, p.Leave())
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.close()
         if self._task is not None:
@@ -148,7 +153,7 @@ class SignalingClient(AsyncIOEventEmitter):
         if ws is None or ws.closed or self.connectionState != "connected":
             return False
         try:
-            await ws.send_str(p.encode(message).decode())
+            await _write(ws, message)
         except ConnectionError:
             return False
         return True
@@ -222,7 +227,7 @@ class SignalingClient(AsyncIOEventEmitter):
                     join = p.Join(room_id=self.room_id, name=self.name, resume=self.resume_token)
                     if self.resume_token is None:
                         self.peer_id, self.resume_token = message.peer_id, message.resume_token
-                    await ws.send_str(p.encode(join).decode())
+                    await _write(ws, join)
                 case p.PeerList():
                     joined = True
                     self.peer_id = message.peer_id
@@ -246,7 +251,7 @@ class SignalingClient(AsyncIOEventEmitter):
         if error.code is p.ErrorCode.BAD_RESUME:
             logger.info("resume token refused; joining as a new peer")
             self.resume_token = None
-            await ws.send_str(p.encode(p.Join(room_id=self.room_id, name=self.name)).decode())
+            await _write(ws, p.Join(room_id=self.room_id, name=self.name))
             return
         first_join = self._joined is not None and not self._joined.done()
         if error.code in _FINAL_JOIN_ERRORS or first_join:

@@ -110,3 +110,10 @@ def test_documented_channel_messages_decode(example: str) -> None:
     decode = channels.decode_chat if '"chat"' in example else channels.decode_position
     message = decode(example)
     assert json.loads(channels.encode(message)) == json.loads(example)
+
+
+def test_close_reason_fits_a_control_frame_in_whole_characters() -> None:
+    assert p.close_reason("bye") == b"bye"
+    reason = p.close_reason("é" * 100)
+    assert len(reason) <= 123
+    assert reason.decode() == "é" * 61
