@@ -89,6 +89,9 @@ class SignalingClient(AsyncIOEventEmitter):
         self.peer_id: str | None = None
         self.resume_token: str | None = None
         self.ice_servers: list[p.IceServer] = []
+        #: Our zone, told to the server again after every rejoin: a restarted
+        #: server has forgotten it, and the lobby counts people by zone.
+        self.zone: str | None = None
         self.connectionState = "new"
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
@@ -142,6 +145,8 @@ class SignalingClient(AsyncIOEventEmitter):
         """Change our name or zone (None clears it); False while disconnected."""
         if name is not None:
             self.name = name
+        if zone is not msgspec.UNSET:
+            self.zone = zone
         return await self._send(p.Update(name=msgspec.UNSET if name is None else name, zone=zone))
 
     async def watch_rooms(self) -> bool:
@@ -233,6 +238,8 @@ class SignalingClient(AsyncIOEventEmitter):
                     self.peer_id = message.peer_id
                     self.resume_token = message.resume_token or self.resume_token
                     self._set_state("connected")
+                    if self.zone is not None:
+                        await _write(ws, p.Update(zone=self.zone))
                     self.emit("peer_list", message)
                     if self._joined is not None and not self._joined.done():
                         self._joined.set_result(None)

@@ -12,7 +12,14 @@ import math
 
 import msgspec
 
-from .channels import CHAT, CHAT_MAX_CHARS, POSITION_RATE, STATE, ChannelSpec
+from .channels import (
+    CHAT,
+    CHAT_MAX_CHARS,
+    MAX_CHANNEL_MESSAGE_BYTES,
+    POSITION_RATE,
+    STATE,
+    ChannelSpec,
+)
 
 #: Opus, mono, at a speech bitrate, as a browser sends one voice (aiortc's own
 #: default is 96 kbit/s stereo).
@@ -38,12 +45,28 @@ class Zone(msgspec.Struct, rename="camel", frozen=True):
         return (self.x + self.width / 2, self.y + self.height / 2)
 
 
+class Furniture(msgspec.Struct, rename="camel", frozen=True):
+    """Something standing in the bar, drawn on the map; people walk through it freely.
+
+    ``kind`` is how it is drawn: ``counter``, ``stool``, ``table``, ``sofa``,
+    ``booth``, ``arcade``, ``dancefloor``, ``dj`` or ``plant``. Round kinds
+    (stools, tables, plants) fill the ellipse inside their rectangle.
+    """
+
+    kind: str
+    x: float
+    y: float
+    width: float
+    height: float
+
+
 class BarMap(msgspec.Struct, rename="camel", frozen=True):
-    """The floor plan: its size and its zones."""
+    """The floor plan: its size, its zones and its furniture."""
 
     width: float
     height: float
     zones: list[Zone]
+    furniture: list[Furniture] = msgspec.field(default_factory=list)
 
     def zone_at(self, x: float, y: float) -> Zone | None:
         """The zone holding the point, if any."""
@@ -103,6 +126,8 @@ class PeerRules(msgspec.Struct, rename="camel", frozen=True):
     chat: ChannelSpec
     state: ChannelSpec
     chat_max_chars: int
+    #: Channel messages larger than this are dropped unread.
+    max_message_bytes: int
     position_rate: float
     audio_bitrate: int
 
@@ -127,6 +152,30 @@ BAR = Space(
             Zone("Dance Floor", 8.0, 6.0, 8.0, 10.0),
             Zone("Terrace", 16.0, 8.0, 8.0, 8.0),
         ],
+        furniture=[
+            Furniture("counter", 9.0, 1.4, 6.0, 0.9),
+            *(Furniture("stool", 9.3 + 1.1 * i, 2.7, 0.5, 0.5) for i in range(6)),
+            *(Furniture("arcade", 0.3, 1.6 + 2.0 * i, 0.9, 1.2) for i in range(3)),
+            Furniture("table", 4.2, 3.6, 1.4, 1.4),
+            Furniture("sofa", 17.0, 1.4, 2.8, 0.9),
+            Furniture("sofa", 20.6, 1.4, 2.8, 0.9),
+            Furniture("table", 18.0, 3.2, 1.2, 1.2),
+            Furniture("table", 21.4, 3.2, 1.2, 1.2),
+            Furniture("sofa", 23.0, 4.4, 0.8, 2.6),
+            *(
+                Furniture("booth", 0.6 + 3.6 * col, 9.4 + 3.3 * row, 3.0, 2.4)
+                for row in range(2)
+                for col in range(2)
+            ),
+            Furniture("dancefloor", 9.0, 8.0, 6.0, 6.0),
+            Furniture("dj", 10.8, 14.6, 2.4, 0.8),
+            *(
+                Furniture("table", 17.5 + 3.0 * col, 9.5 + 3.0 * row, 1.2, 1.2)
+                for row in range(2)
+                for col in range(2)
+            ),
+            *(Furniture("plant", 16.3 + 6.8 * col, 15.0, 0.7, 0.7) for col in range(2)),
+        ],
     ),
     distance_model=DistanceModel(
         model="inverse",
@@ -139,6 +188,7 @@ BAR = Space(
         chat=CHAT,
         state=STATE,
         chat_max_chars=CHAT_MAX_CHARS,
+        max_message_bytes=MAX_CHANNEL_MESSAGE_BYTES,
         position_rate=POSITION_RATE,
         audio_bitrate=OPUS_BITRATE,
     ),

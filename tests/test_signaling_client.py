@@ -138,6 +138,8 @@ async def test_restart_keeps_identities(make_client: ClientMaker) -> None:
     b, b_events = make_client(server, "B")
     await a.connect()
     await b.connect()
+    assert await a.update(zone="Terrace")
+    await poll(lambda: server.hub.members[a.peer_id or ""].zone == "Terrace")
     ids = (a.peer_id, b.peer_id)
 
     await server.stop()
@@ -148,6 +150,8 @@ async def test_restart_keeps_identities(make_client: ClientMaker) -> None:
         assert (a.peer_id, b.peer_id) == ids
         assert len(a_events.of("peer_list")) == len(b_events.of("peer_list")) == 2
         assert set(server.hub.members) == set(ids)
+        # The restarted server learns the zone again, for the lobby's counts.
+        await poll(lambda: server.hub.members[a.peer_id or ""].zone == "Terrace")
         assert b.peer_id is not None
         assert await a.signal(b.peer_id, None)
         await b_events.wait("signal")

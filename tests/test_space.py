@@ -48,6 +48,14 @@ def test_zones_tile_the_bar() -> None:
         bar.zone("Kitchen")
 
 
+def test_furniture_stands_inside_the_bar() -> None:
+    bar = BAR.map
+    assert bar.furniture
+    for item in bar.furniture:
+        assert 0 <= item.x <= item.x + item.width <= bar.width, item
+        assert 0 <= item.y <= item.y + item.height <= bar.height, item
+
+
 async def test_served_definition_is_the_python_one(server: RunningServer) -> None:
     async with aiohttp.ClientSession() as http, http.get(f"{server.url}/api/space") as response:
         assert response.status == 200

@@ -1,0 +1,513 @@
+// The page: the lobby, the room, and the wiring between the modules.
+// Everything other people typed is inserted with textContent, never as HTML.
+
+import { SpatialAudio } from "./audio.js";
+import { BarMap } from "./map.js";
+import { MeshPeer } from "./peer.js";
+import { SignalingClient } from "./signaling.js";
+import { loadSpace, zoneAt } from "./space.js";
+
+const NAME_KEY = "chatsubo.name";
+const DEFAULT_ROOM = "chatsubo-main";
+/** How long a voice counts as speaking after it was last heard (ms). */
+const SPEAKING_HOLD = 1000;
+/** How long to wait for a newcomer's zone before announcing them without it (ms). */
+const ZONE_WAIT = 2000;
+const MAX_NOTICES = 6;
+const MAX_CHAT_LINES = 200;
+
+const $ = (id) => document.getElementById(id);
+
+/** A new element with `text` as its text content. */
+function make(tag, text = "", className = "") {
+  const node = document.createElement(tag);
+  if (text) node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+/** What went wrong with a join, in plain words. */
+function joinErrorText(error, roomId) {
+  switch (error.code) {
+    case "room_full":
+      return `${roomId} is full right now. Try again in a moment, or pick another room.`;
+    case "unreachable":
+      return "Can't reach the Chatsubo server. Check that it is running and that you are online.";
+    case "rate_limited":
+      return "Too many tries at once. Wait a moment, then try again.";
+    case "bad_message":
+      if (error.message.includes("$.roomId")) {
+        return "Room names are 1 to 64 letters, digits, dots, dashes or underscores, with no spaces.";
+      }
+      if (error.message.includes("$.name")) {
+        return "Your name must be 1 to 32 characters, with no control characters.";
+      }
+      return `The server did not understand: ${error.message}`;
+    default:
+      return error.message || "Something went wrong.";
+  }
+}
+
+/** Show a problem at the lobby's door, in plain words. */
+function showError(code, text) {
+  const box = $("lobby-error");
+  box.dataset.code = code;
+  $("lobby-error-text").textContent = text;
+  box.hidden = false;
+}
+
+/** The microphone, or why there is none: {track} or {problem: words}. */
+async function openMicrophone() {
+  if (!window.isSecureContext || navigator.mediaDevices?.getUserMedia === undefined) {
+    return {
+      problem:
+        "Browsers allow the microphone only on https:// or on this computer. " +
+        "You can listen and chat; ask the host to start the server with --self-signed to talk.",
+    };
+  }
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+    });
+    return { track: stream.getAudioTracks()[0] };
+  } catch (error) {
+    const why =
+      error.name === "NotAllowedError"
+        ? "The microphone is blocked. Allow it for this site (the icon in the address bar), then try again."
+        : error.name === "NotFoundError"
+          ? "No microphone was found."
+          : `The microphone could not be opened (${error.message || error.name}).`;
+    return { problem: `${why} You can still listen and chat.` };
+  }
+}
+
+/** The lobby: the live room list and the door. */
+class Lobby {
+  constructor(signaling, enter) {
+    this.signaling = signaling;
+    this.enter = enter;
+    this.lastAttempt = null;
+    this.name = $("name");
+    this.room = $("room-field");
+    this.name.value = localStorage.getItem(NAME_KEY) ?? `Guest ${Math.floor(100 + Math.random() * 900)}`;
+    this.name.addEventListener("change", () => localStorage.setItem(NAME_KEY, this.name.value.trim()));
+    $("join-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.join(this.room.value.trim());
+    });
+    $("create").addEventListener("click", () => {
+      this.room.value = `room-${Math.random().toString(36).slice(2, 7)}`;
+      this.join(this.room.value);
+    });
+    $("retry").addEventListener("click", () => {
+      this.signaling.retry();
+      if (this.lastAttempt !== null) this.join(this.lastAttempt);
+      else this.hideError();
+    });
+    signaling.on("rooms", (message) => this.renderRooms(message.rooms));
+    signaling.on("connectionstatechange", (state) => this.renderStatus(state));
+  }
+
+  show() {
+    $("lobby").hidden = false;
+    this.setBusy(false);
+    this.signaling.watchRooms();
+    this.renderStatus(this.signaling.connectionState);
+  }
+
+  async join(roomId) {
+    const name = this.name.value.trim();
+    localStorage.setItem(NAME_KEY, name);
+    this.lastAttempt = roomId;
+    this.hideError();
+    this.setBusy(true);
+    try {
+      await this.enter(roomId || DEFAULT_ROOM, name);
+      this.lastAttempt = null;
+      this.signaling.unwatchRooms();
+      $("lobby").hidden = true;
+    } catch (error) {
+      showError(error.code ?? "error", joinErrorText(error, roomId));
+    } finally {
+      this.setBusy(false);
+    }
+  }
+
+  setBusy(busy) {
+    $("join").disabled = busy;
+    $("join").textContent = busy ? "Joining…" : "Join";
+  }
+
+  hideError() {
+    $("lobby-error").hidden = true;
+  }
+
+  renderStatus(state) {
+    const words = {
+      connecting: "Finding the bar…",
+      reconnecting: "Lost the server; trying again…",
+      closed: "Disconnected. Reload the page to come back.",
+    };
+    $("lobby-status").textContent = words[state] ?? "";
+    $("lobby-status").hidden = !(state in words);
+    if (state === "connected" && $("lobby-error").dataset.code === "unreachable") this.hideError();
+  }
+
+  renderRooms(rooms) {
+    const list = $("rooms");
+    if (rooms.length === 0) {
+      list.replaceChildren(make("li", "Nobody is in yet. Be the first: join any room.", "empty"));
+      return;
+    }
+    list.replaceChildren(
+      ...rooms.map((room) => {
+        const item = make("li", "", "room");
+        item.dataset.room = room.roomId;
+        item.dataset.count = String(room.count);
+        const title = make("span", room.roomId, "room-title");
+        const count = make("span", `${room.count} of ${room.capacity}`, "room-count");
+        const zones = Object.entries(room.zones)
+          .map(([zone, n]) => `${zone} (${plural(n, "user")})`)
+          .join(", ");
+        const details = make("span", zones || plural(room.count, "user"), "room-zones");
+        const button = make("button", room.count >= room.capacity ? "Full" : "Join", "join-room");
+        button.type = "button";
+        button.setAttribute("aria-label", `Join ${room.roomId}`);
+        button.addEventListener("click", () => {
+          this.room.value = room.roomId;
+          this.join(room.roomId);
+        });
+        item.append(title, count, details, button);
+        return item;
+      }),
+    );
+  }
+}
+
+/** One room visit: the mesh, the map, the voices and the chat. */
+class Room {
+  constructor(space, signaling, roomId, name) {
+    this.space = space;
+    this.signaling = signaling;
+    this.roomId = roomId;
+    this.name = name;
+    this.audio = new SpatialAudio(space.distanceModel);
+    this.peer = new MeshPeer(signaling, space.peer);
+    this.map = null;
+    this.mic = null;
+    this.zone = null;
+    /** peerId -> {name, zone, item, speakingUntil, announce} */
+    this.people = new Map();
+    this._off = [];
+    this._levelTimer = null;
+    window.chatsubo = { space, signaling, peer: this.peer, audio: this.audio };
+  }
+
+  /** Join and show the room; rejects (and cleans up) when the server refuses. */
+  async enter() {
+    this.audio.resume();
+    const microphone = openMicrophone();
+    this._listen();
+    try {
+      await this.signaling.join(this.roomId, this.name);
+    } catch (error) {
+      this.close();
+      microphone.then(({ track }) => track?.stop());
+      throw error;
+    }
+    this._show();
+    this._useMicrophone(await microphone);
+  }
+
+  _listen() {
+    const s = this.signaling;
+    const p = this.peer;
+    this._off.push(
+      s.on("peer_list", (m) => m.peers.forEach((info) => this._addPerson(info, false))),
+      s.on("peer_joined", (m) => this._addPerson(m, !m.resumed)),
+      s.on("peer_left", (m) => this._removePerson(m.peerId)),
+      s.on("peer_updated", (m) => this._updatePerson(m.peerId, m.name, m.zone ?? null)),
+      s.on("connectionstatechange", (state) => this._renderStatus(state)),
+      s.on("server_error", (error) => this._notice(error.message)),
+      p.on("linkstatechange", ({ peerId }) => this._renderLink(peerId)),
+      p.on("peerconnected", (peerId) => this._renderLink(peerId)),
+      p.on("peerdisconnected", (peerId) => this._renderLink(peerId)),
+      p.on("track", ({ peerId, stream }) => this._addVoice(peerId, stream)),
+      p.on("position", ({ peerId, position }) => this._moved(peerId, position)),
+      p.on("chat", ({ peerId, message }) => this._chatLine(peerId, message.text)),
+    );
+  }
+
+  _show() {
+    $("room").hidden = false;
+    $("room-name").textContent = this.roomId;
+    $("chat-log").replaceChildren();
+    $("notices").replaceChildren();
+    $("chat-input").maxLength = this.space.peer.chatMaxChars;
+    const svg = $("map");
+    svg.replaceChildren();
+    this.map = new BarMap(svg, this.space.map);
+    this.map.setPerson(this.peer.peerId, this.name, true);
+    this.map.on("move", ({ x, y }) => this._walked(x, y));
+    for (const [peerId, person] of this.people) this.map.setPerson(peerId, person.name);
+    const [x, y] = this._arrival();
+    this.map.jump(x, y);
+    this._renderStatus(this.signaling.connectionState);
+    this._renderCount();
+    this._notice(`You walked into ${this.roomId}.`);
+    this._levelTimer = setInterval(() => this._renderLevels(), 250);
+    svg.focus();
+  }
+
+  /** Somewhere near the middle of the first zone, so newcomers meet. */
+  _arrival() {
+    const zone = this.space.map.zones[0];
+    const jitter = () => (Math.random() - 0.5) * 3;
+    return [zone.x + zone.width / 2 + jitter(), zone.y + zone.height / 2 + jitter()];
+  }
+
+  _useMicrophone({ track, problem }) {
+    this.mic?.stop();
+    this.mic = track ?? null;
+    this.peer.setTrack(this.mic);
+    $("mic-notice").hidden = this.mic !== null;
+    $("mic-notice-text").textContent = problem ?? "";
+    $("mute").disabled = this.mic === null;
+    this._setMuted(false);
+  }
+
+  async retryMicrophone() {
+    this._useMicrophone(await openMicrophone());
+  }
+
+  toggleMute() {
+    this._setMuted(this.mic?.enabled ?? false);
+  }
+
+  _setMuted(muted) {
+    if (this.mic !== null) this.mic.enabled = !muted;
+    $("mute").textContent = muted ? "Unmute" : "Mute";
+    $("mute").setAttribute("aria-pressed", String(muted));
+  }
+
+  say(text) {
+    const message = this.peer.say(text);
+    this._chatLine(this.peer.peerId, message.text);
+  }
+
+  /** Leave the room and tidy up everything it started. */
+  close() {
+    clearInterval(this._levelTimer);
+    for (const off of this._off) off();
+    this.peer.close();
+    this.signaling.leave();
+    this.audio.close();
+    this.mic?.stop();
+    for (const person of this.people.values()) clearTimeout(person.announce);
+    $("people").replaceChildren();
+    $("room").hidden = true;
+  }
+
+  // --- people ------------------------------------------------------------------
+
+  _addPerson(info, announce) {
+    const known = this.people.get(info.peerId);
+    if (known !== undefined) {
+      // A rejoin after a server restart: the server may not know their zone yet.
+      this._updatePerson(info.peerId, info.name, info.zone ?? known.zone);
+      return;
+    }
+    const item = make("li", "", "person");
+    item.dataset.peer = info.peerId;
+    item.dataset.speaking = "false";
+    const who = make("span", info.name, "who");
+    const where = make("span", "", "where");
+    const state = make("span", "", "link-state");
+    const volumeId = `volume-${info.peerId}`;
+    const label = make("label", `Volume for ${info.name}`, "visually-hidden");
+    label.htmlFor = volumeId;
+    const volume = Object.assign(document.createElement("input"), {
+      type: "range", id: volumeId, className: "volume", min: "0", max: "1", step: "0.05", value: "1",
+    });
+    volume.addEventListener("input", () => this.audio.setVolume(info.peerId, Number(volume.value)));
+    item.append(who, where, state, label, volume);
+    $("people").append(item);
+    const person = { name: info.name, zone: null, item, speakingUntil: 0, announce: null };
+    this.people.set(info.peerId, person);
+    this.map?.setPerson(info.peerId, info.name);
+    this._updatePerson(info.peerId, info.name, info.zone ?? null);
+    this._renderLink(info.peerId);
+    this._renderCount();
+    if (announce) {
+      // The zone usually follows within moments; announce with it if it does.
+      person.announce = setTimeout(() => this._announce(info.peerId), ZONE_WAIT);
+    }
+  }
+
+  _announce(peerId) {
+    const person = this.people.get(peerId);
+    if (person?.announce == null) return;
+    clearTimeout(person.announce);
+    person.announce = null;
+    this._notice(person.zone ? `${person.name} joined ${person.zone}` : `${person.name} joined`);
+  }
+
+  _updatePerson(peerId, name, zone) {
+    const person = this.people.get(peerId);
+    if (person === undefined) return;
+    person.name = name;
+    person.item.querySelector(".who").textContent = name;
+    person.item.querySelector("label").textContent = `Volume for ${name}`;
+    this.map?.setPerson(peerId, name);
+    this._setZone(person, zone);
+  }
+
+  _setZone(person, zone) {
+    person.zone = zone;
+    person.item.querySelector(".where").textContent = zone ?? "";
+    if (zone && person.announce !== null) this._announce(person.item.dataset.peer);
+  }
+
+  _removePerson(peerId) {
+    const person = this.people.get(peerId);
+    if (person === undefined) return;
+    clearTimeout(person.announce);
+    person.item.remove();
+    this.people.delete(peerId);
+    this.map?.remove(peerId);
+    this.audio.remove(peerId, true);
+    this._renderCount();
+    this._notice(`${person.name} left`);
+  }
+
+  _renderCount() {
+    const n = this.people.size;
+    $("people-count").textContent = n ? `(${n + 1} with you)` : "";
+    $("people-empty").hidden = n > 0;
+  }
+
+  _renderLink(peerId) {
+    const person = this.people.get(peerId);
+    const link = this.peer.links.get(peerId);
+    if (person === undefined) return;
+    let state = link?.pc.connectionState ?? "closed";
+    if (link?.connected) state = "connected";
+    else if (state === "connected") state = "connecting";
+    const words = {
+      new: "waiting", connecting: "connecting…", connected: "", disconnected: "trouble…",
+      failed: "retrying…", closed: "gone",
+    };
+    person.item.dataset.state = state;
+    person.item.querySelector(".link-state").textContent = words[state] ?? state;
+  }
+
+  _renderLevels() {
+    const now = performance.now();
+    for (const [peerId, person] of this.people) {
+      if (this.audio.speaking(peerId)) person.speakingUntil = now + SPEAKING_HOLD;
+      const speaking = now < person.speakingUntil;
+      if (person.item.dataset.speaking !== String(speaking)) {
+        person.item.dataset.speaking = String(speaking);
+        this.map.setSpeaking(peerId, speaking);
+      }
+    }
+  }
+
+  _renderStatus(state) {
+    const status = $("status");
+    const down = state === "reconnecting" || state === "connecting";
+    status.dataset.state = down ? "reconnecting" : state;
+    status.textContent = down
+      ? "Reconnecting… (you can still hear everyone)"
+      : state === "closed"
+        ? "Disconnected"
+        : "Connected";
+  }
+
+  // --- voices, places and words ----------------------------------------------------
+
+  _addVoice(peerId, stream) {
+    const position = this.peer.links.get(peerId)?.position;
+    this.audio.add(peerId, stream, position ? [position.x, position.y] : null);
+  }
+
+  _moved(peerId, position) {
+    const zone = typeof position.zone === "string" ? position.zone : null;
+    this.map?.place(peerId, position.x, position.y, zone);
+    this.audio.move(peerId, position.x, position.y);
+    const person = this.people.get(peerId);
+    if (person !== undefined && person.zone !== zone) this._setZone(person, zone);
+  }
+
+  /** Our own avatar moved: tell the others, move our ears, and tell the lobby our zone. */
+  _walked(x, y) {
+    const zone = zoneAt(this.space.map, x, y)?.name ?? null;
+    this.peer.move(x, y, zone);
+    this.audio.setListener(x, y);
+    if (zone !== this.zone) {
+      this.zone = zone;
+      this.signaling.update({ zone });
+    }
+  }
+
+  _chatLine(peerId, text) {
+    const own = peerId === this.peer.peerId;
+    const name = own ? this.name : (this.people.get(peerId)?.name ?? "someone");
+    const line = make("li", "", own ? "chat-line own" : "chat-line");
+    line.dataset.from = peerId;
+    line.append(make("span", name, "who"), make("span", text, "text"));
+    const log = $("chat-log");
+    log.append(line);
+    while (log.children.length > MAX_CHAT_LINES) log.firstElementChild.remove();
+    line.scrollIntoView({ block: "nearest" });
+  }
+
+  _notice(text) {
+    const notices = $("notices");
+    notices.append(make("li", text));
+    while (notices.children.length > MAX_NOTICES) notices.firstElementChild.remove();
+  }
+}
+
+async function main() {
+  let space;
+  try {
+    space = await loadSpace();
+  } catch {
+    showError("unreachable", "Can't reach the Chatsubo server. Check that it is running, then try again.");
+    $("join").disabled = true;
+    $("retry").addEventListener("click", () => window.location.reload());
+    return;
+  }
+  const signaling = new SignalingClient();
+  let room = null;
+  const lobby = new Lobby(signaling, async (roomId, name) => {
+    const visit = new Room(space, signaling, roomId, name);
+    await visit.enter();
+    room = visit;
+  });
+  $("chat-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = $("chat-input");
+    const text = input.value.trim();
+    if (room !== null && text) room.say(text);
+    input.value = "";
+  });
+  $("mute").addEventListener("click", () => room?.toggleMute());
+  $("mic-retry").addEventListener("click", () => room?.retryMicrophone());
+  $("leave").addEventListener("click", () => {
+    room?.close();
+    room = null;
+    lobby.show();
+    $("join").focus();
+  });
+  window.addEventListener("pagehide", () => signaling.close());
+  signaling.start();
+  lobby.show();
+}
+
+main();

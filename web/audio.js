@@ -1,0 +1,156 @@
+// Spatial audio: every remote voice placed around the listener with Web Audio,
+// the browser's twin of SpatialMixer in chatsubo/audio.py. Both use the
+// distance model served at /api/space.
+
+import { distanceGain } from "./space.js";
+
+/** Seconds for gains and positions to glide to a new value: never a jump. */
+const GLIDE = 0.1;
+/** Below this level (dBFS) a voice counts as silent. */
+const SPEAKING_DBFS = -50;
+
+/** One remote voice: muted <audio> (the Chrome workaround), gain, panner, level meter. */
+class Voice {
+  constructor(context, stream, model) {
+    // Chrome feeds Web Audio silence from a remote stream unless a media
+    // element also plays it (Chromium bugs 933677, 121673).
+    this.element = new Audio();
+    this.element.muted = true;
+    this.element.srcObject = stream;
+    this.element.play().catch(() => {});
+    this.source = context.createMediaStreamSource(stream);
+    this.analyser = context.createAnalyser();
+    this.analyser.fftSize = 512;
+    this.samples = new Float32Array(this.analyser.fftSize);
+    this.gain = context.createGain();
+    // New voices fade in from silence.
+    this.gain.gain.value = 0;
+    this.panner = new PannerNode(context, {
+      panningModel: "HRTF",
+      distanceModel: model.model,
+      refDistance: model.refDistance,
+      rolloffFactor: model.rolloffFactor,
+      maxDistance: model.maxDistance,
+    });
+    this.source.connect(this.analyser);
+    this.source.connect(this.gain).connect(this.panner).connect(context.destination);
+    this.volume = 1;
+    this.position = [0, 0];
+  }
+
+  stop() {
+    this.source.disconnect();
+    this.panner.disconnect();
+    this.element.srcObject = null;
+  }
+}
+
+/**
+ * Places remote voices on the map around the listener (your avatar).
+ *
+ * Map meters become Web Audio coordinates as x -> x and y -> z: the
+ * listener faces up the map (toward smaller y), so a voice to the east is
+ * heard on the right, as in the Python mixer.
+ */
+export class SpatialAudio {
+  constructor(distanceModel) {
+    this.model = distanceModel;
+    this.context = new AudioContext();
+    /** @type {Map<string, Voice>} */
+    this.voices = new Map();
+    /** Volumes set by the user, kept when a voice is replaced by a new stream. */
+    this.volumes = new Map();
+    this.listener = [0, 0];
+    const l = this.context.listener;
+    l.forwardX.value = 0;
+    l.forwardY.value = 0;
+    l.forwardZ.value = -1;
+    l.upX.value = 0;
+    l.upY.value = 1;
+    l.upZ.value = 0;
+  }
+
+  /** Start playing: browsers keep an AudioContext suspended until a user gesture. */
+  resume() {
+    return this.context.resume();
+  }
+
+  /** Play `peerId`'s stream from `position` ([x, y] in meters; where we stand if unknown). */
+  add(peerId, stream, position = null) {
+    this.remove(peerId);
+    const voice = new Voice(this.context, stream, this.model);
+    this.voices.set(peerId, voice);
+    voice.position = position ?? this.listener;
+    voice.volume = this.volumes.get(peerId) ?? 1;
+    this._place(voice);
+  }
+
+  /** Stop playing `peerId`; `forget` also drops their volume setting (they left). */
+  remove(peerId, forget = false) {
+    this.voices.get(peerId)?.stop();
+    this.voices.delete(peerId);
+    if (forget) this.volumes.delete(peerId);
+  }
+
+  /** Where peer `peerId` stands, in map meters. */
+  move(peerId, x, y) {
+    const voice = this.voices.get(peerId);
+    if (voice === undefined) return;
+    voice.position = [x, y];
+    this._place(voice);
+  }
+
+  /** Where we stand, in map meters. */
+  setListener(x, y) {
+    this.listener = [x, y];
+    const l = this.context.listener;
+    const now = this.context.currentTime;
+    l.positionX.setTargetAtTime(x, now, GLIDE);
+    l.positionZ.setTargetAtTime(y, now, GLIDE);
+    for (const voice of this.voices.values()) this._setGain(voice);
+  }
+
+  /** Our own volume for one person, 0 to 1 (multiplies the distance gain). */
+  setVolume(peerId, volume) {
+    this.volumes.set(peerId, volume);
+    const voice = this.voices.get(peerId);
+    if (voice === undefined) return;
+    voice.volume = volume;
+    this._setGain(voice);
+  }
+
+  /** How loud `peerId` is right now, in dBFS (-Infinity for silence). */
+  level(peerId) {
+    const voice = this.voices.get(peerId);
+    if (voice === undefined) return -Infinity;
+    voice.analyser.getFloatTimeDomainData(voice.samples);
+    let sum = 0;
+    for (const s of voice.samples) sum += s * s;
+    return 10 * Math.log10(sum / voice.samples.length);
+  }
+
+  speaking(peerId) {
+    return this.level(peerId) > SPEAKING_DBFS;
+  }
+
+  close() {
+    for (const peerId of [...this.voices.keys()]) this.remove(peerId);
+    this.context.close();
+  }
+
+  _place(voice) {
+    const [x, y] = voice.position;
+    const now = this.context.currentTime;
+    voice.panner.positionX.setTargetAtTime(x, now, GLIDE);
+    voice.panner.positionZ.setTargetAtTime(y, now, GLIDE);
+    this._setGain(voice);
+  }
+
+  /** The panner does the distance roll-off; this gain adds the mute floor and our volume. */
+  _setGain(voice) {
+    const [x, y] = voice.position;
+    const distance = Math.hypot(x - this.listener[0], y - this.listener[1]);
+    const audible = distanceGain(this.model, distance) > 0 ? 1 : 0;
+    voice.gain.gain.setTargetAtTime(audible * voice.volume, this.context.currentTime, GLIDE);
+  }
+}

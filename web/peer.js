@@ -1,0 +1,412 @@
+// A mesh peer: one RTCPeerConnection to every other peer in the room, the
+// twin of chatsubo/peer.py. The newcomer offers to everyone in its peer_list;
+// the others answer. A link that does not connect in time, or fails later, is
+// replaced with backoff. Links outlive signaling outages: after a rejoin,
+// healthy links are kept as they are. docs/protocol.md ("Peer to peer")
+// defines what goes over them.
+
+import { Emitter } from "./events.js";
+
+const CONNECT_TIMEOUT = 10_000;
+const RETRY_MIN = 500;
+const RETRY_MAX = 10_000;
+/** Positions go stale fast: never queue one behind this much unsent data. */
+const STATE_BUFFER_LIMIT = 4096;
+
+/** The connection to one remote peer, with its channels and its place in negotiation. */
+export class Link {
+  constructor(peerId, name, offerer, pc) {
+    this.peerId = peerId;
+    this.name = name;
+    /** Whether we make the offers on this link (we were the newcomer). */
+    this.offerer = offerer;
+    this.pc = pc;
+    this.chat = null;
+    this.state = null;
+    this.stream = null;
+    this.position = null;
+    this.failures = 0;
+    this.pendingCandidates = [];
+    /** One peer's signals are applied strictly in order, each after the last. */
+    this.signals = Promise.resolve();
+    this.watchdog = null;
+  }
+
+  /** Whether the link is usable: connected, and chat can be sent on it. */
+  get connected() {
+    return this.pc.connectionState === "connected" && this.chat?.readyState === "open";
+  }
+}
+
+/**
+ * Keeps a full mesh with everyone in the signaling client's room.
+ *
+ * Events: `peerconnected` (peerId) once a link can carry chat,
+ * `peerdisconnected` (peerId), `linkstatechange` ({peerId, state}),
+ * `chat` ({peerId, message}), `position` ({peerId, position}) and
+ * `track` ({peerId, stream}) for each remote audio stream.
+ */
+export class MeshPeer extends Emitter {
+  /**
+   * @param signaling a joined (or joining) SignalingClient
+   * @param rules the `peer` part of /api/space: channel specs and limits
+   */
+  constructor(signaling, rules) {
+    super();
+    this.signaling = signaling;
+    this.rules = rules;
+    /** @type {Map<string, Link>} */
+    this.links = new Map();
+    /** Peers the server says are in the room (or were, before an outage): id -> name. */
+    this.present = new Map();
+    this._track = null;
+    this._chatIds = 0;
+    this._positionSeq = 0;
+    this._position = null;
+    this._positionSentAt = -Infinity;
+    this._positionTimer = null;
+    this._closing = false;
+    this._unsubscribe = [
+      signaling.on("peer_list", (m) => this._onPeerList(m)),
+      signaling.on("peer_joined", (m) => this._onPeerJoined(m)),
+      signaling.on("peer_left", (m) => this._onPeerLeft(m)),
+      signaling.on("peer_updated", (m) => this._onPeerUpdated(m)),
+      signaling.on("signal", (m) => this._onSignal(m)),
+    ];
+  }
+
+  get peerId() {
+    return this.signaling.peerId;
+  }
+
+  /** Our voice on every link, now and for links made later; null sends nothing. */
+  setTrack(track) {
+    this._track = track;
+    for (const link of this.links.values()) this._attachTrack(link);
+  }
+
+  /** Close every link; the signaling client is left to the caller. */
+  close() {
+    this._closing = true;
+    clearTimeout(this._positionTimer);
+    for (const off of this._unsubscribe) off();
+    for (const link of this.links.values()) this._closeLink(link);
+    this.links.clear();
+  }
+
+  // --- what we say and where we stand -----------------------------------------
+
+  /** Send a line of chat to everyone connected; returns the message. */
+  say(text) {
+    const message = { type: "chat", id: `${this.peerId}-${++this._chatIds}`, text, ts: Date.now() };
+    const data = JSON.stringify(message);
+    for (const link of this.links.values()) {
+      if (link.chat?.readyState === "open") link.chat.send(data);
+    }
+    return message;
+  }
+
+  /**
+   * Stand somewhere else; everyone connected is told, unless nothing changed.
+   * Updates go out at most `positionRate` times a second; moves in between
+   * are folded into the next one, so the last always arrives.
+   */
+  move(x, y, zone) {
+    const current = this._position;
+    if (current && current.x === x && current.y === y && current.zone === zone) return;
+    this._position = { type: "pos", x, y, seq: ++this._positionSeq, ts: Date.now() };
+    if (zone) this._position.zone = zone;
+    if (this._positionTimer === null) {
+      const due = this._positionSentAt + 1000 / this.rules.positionRate;
+      this._positionTimer = setTimeout(() => this._publishPosition(), Math.max(0, due - performance.now()));
+    }
+  }
+
+  _publishPosition() {
+    this._positionTimer = null;
+    this._positionSentAt = performance.now();
+    this._position.ts = Date.now();
+    const data = JSON.stringify(this._position);
+    for (const link of this.links.values()) sendState(link, data);
+  }
+
+  // --- signaling events --------------------------------------------------------
+
+  _onPeerList(message) {
+    for (const info of message.peers) {
+      this.present.set(info.peerId, info.name);
+      if (!this.links.has(info.peerId)) this._openLink(info.peerId, info.name, true);
+    }
+  }
+
+  _onPeerJoined(message) {
+    this.present.set(message.peerId, message.name);
+    if (!this.links.has(message.peerId)) this._openLink(message.peerId, message.name, false);
+  }
+
+  _onPeerLeft(message) {
+    this.present.delete(message.peerId);
+    const link = this.links.get(message.peerId);
+    if (link === undefined) return;
+    this.links.delete(message.peerId);
+    this._closeLink(link);
+  }
+
+  _onPeerUpdated(message) {
+    const link = this.links.get(message.peerId);
+    if (link !== undefined) link.name = message.name;
+    if (this.present.has(message.peerId)) this.present.set(message.peerId, message.name);
+  }
+
+  _onSignal(message) {
+    let link = this.links.get(message.from);
+    if (link === undefined) {
+      const name = this.present.get(message.from) ?? message.from;
+      link = this._openLink(message.from, name, false);
+    }
+    const data = message.data;
+    link.signals = link.signals
+      .then(() => this._apply(link, data))
+      .catch((error) => console.info("bad signal from %s: %s", link.name, error));
+  }
+
+  // --- links -------------------------------------------------------------------
+
+  _newConnection() {
+    // An explicit, possibly empty list: host candidates only unless the operator set some.
+    return new RTCPeerConnection({ iceServers: this.signaling.iceServers, bundlePolicy: "max-bundle" });
+  }
+
+  _openLink(peerId, name, offerer) {
+    const link = new Link(peerId, name, offerer, this._newConnection());
+    this.links.set(peerId, link);
+    this._wire(link);
+    if (offerer) this._offer(link).catch((error) => this._failed(link, error));
+    return link;
+  }
+
+  /** Connect a link's connection to our events, and start its watchdog. */
+  _wire(link) {
+    const pc = link.pc;
+    clearTimeout(link.watchdog);
+    link.watchdog = setTimeout(() => {
+      if (link.pc === pc && pc.connectionState !== "connected") {
+        console.info("link to %s did not connect in time", link.name);
+        this._replace(link);
+      }
+    }, CONNECT_TIMEOUT);
+    pc.onicecandidate = ({ candidate }) => {
+      // Trickle: each candidate as it is found, then null for the end.
+      if (link.pc === pc) this.signaling.signal(link.peerId, candidate ? candidate.toJSON() : null);
+    };
+    pc.onconnectionstatechange = () => {
+      if (link.pc !== pc || this._closing) return;
+      this.emit("linkstatechange", { peerId: link.peerId, state: pc.connectionState });
+      if (pc.connectionState === "failed") {
+        this.emit("peerdisconnected", link.peerId);
+        this._replace(link);
+      }
+    };
+    pc.ontrack = ({ track, streams }) => {
+      if (track.kind !== "audio" || link.pc !== pc) return;
+      link.stream = streams[0] ?? new MediaStream([track]);
+      this.emit("track", { peerId: link.peerId, stream: link.stream });
+    };
+    this.emit("linkstatechange", { peerId: link.peerId, state: pc.connectionState });
+  }
+
+  /**
+   * Our audio section: always send-and-receive, so that a microphone that
+   * arrives later needs no renegotiation (replaceTrack), and the offerer's
+   * audio section comes before the channels (aiortc bundles only that way).
+   */
+  _audioTransceiver(link) {
+    const transceiver = audioTransceiverOf(link.pc);
+    if (transceiver !== undefined) {
+      transceiver.direction = "sendrecv";
+      return transceiver;
+    }
+    return link.pc.addTransceiver("audio", { direction: "sendrecv" });
+  }
+
+  _attachTrack(link) {
+    const transceiver = audioTransceiverOf(link.pc);
+    if (transceiver === undefined) return;
+    transceiver.sender.replaceTrack(this._track).catch(() => {});
+    this._limitBitrate(link);
+  }
+
+  /** A voice needs `audioBitrate`, not the browser's default; set once negotiated. */
+  _limitBitrate(link) {
+    const sender = audioTransceiverOf(link.pc)?.sender;
+    const parameters = sender?.getParameters();
+    if (!parameters?.encodings?.length) return;
+    parameters.encodings[0].maxBitrate = this.rules.audioBitrate;
+    sender.setParameters(parameters).catch(() => {});
+  }
+
+  /** Make the two negotiated channels and connect them to our events. */
+  _openChannels(link) {
+    const { chat: chatSpec, state: stateSpec } = this.rules;
+    const chat = (link.chat = link.pc.createDataChannel(chatSpec.label, channelOptions(chatSpec)));
+    const state = (link.state = link.pc.createDataChannel(stateSpec.label, channelOptions(stateSpec)));
+    chat.onopen = () => {
+      // Only now is the link of use: "connected" comes before the channels open.
+      link.failures = 0;
+      this.emit("peerconnected", link.peerId);
+    };
+    state.onopen = () => {
+      if (this._position !== null) sendState(link, JSON.stringify(this._position));
+    };
+    chat.onmessage = ({ data }) => {
+      const message = this._decode(data, "chat");
+      if (message !== null && validChat(message, this.rules.chatMaxChars)) {
+        this.emit("chat", { peerId: link.peerId, message });
+      }
+    };
+    state.onmessage = ({ data }) => {
+      const position = this._decode(data, "pos");
+      if (position === null || !validPosition(position)) return;
+      // Unordered channel: a late, older update must not move anyone back.
+      if (link.position === null || position.seq > link.position.seq) {
+        link.position = position;
+        this.emit("position", { peerId: link.peerId, position });
+      }
+    };
+  }
+
+  /** A channel message of `type`, or null for anything else: dropped, never fatal. */
+  _decode(data, type) {
+    if (typeof data !== "string" || data.length > this.rules.maxMessageBytes) return null;
+    try {
+      const message = JSON.parse(data);
+      return message !== null && message.type === type ? message : null;
+    } catch {
+      return null;
+    }
+  }
+
+  async _offer(link) {
+    const pc = link.pc;
+    this._audioTransceiver(link);
+    this._attachTrack(link);
+    this._openChannels(link);
+    await pc.setLocalDescription();
+    if (link.pc === pc) this.signaling.signal(link.peerId, pc.localDescription.toJSON());
+  }
+
+  async _apply(link, data) {
+    if (data !== null && (data.type === "offer" || data.type === "answer")) {
+      if (data.type === "offer") {
+        await this._answer(link, data);
+      } else if (link.pc.signalingState === "have-local-offer") {
+        await link.pc.setRemoteDescription(data);
+        await this._flushCandidates(link);
+        this._limitBitrate(link);
+      }
+      return;
+    }
+    const candidate = data === null || !data.candidate ? null : data;
+    if (link.pc.remoteDescription === null) {
+      link.pendingCandidates.push(candidate);
+    } else {
+      await addCandidate(link.pc, candidate);
+    }
+  }
+
+  async _flushCandidates(link) {
+    const pending = link.pendingCandidates;
+    link.pendingCandidates = [];
+    for (const candidate of pending) await addCandidate(link.pc, candidate);
+  }
+
+  /** Answer an offer; an offer always starts the link afresh. */
+  async _answer(link, offer) {
+    if (link.pc.signalingState !== "stable" || link.pc.remoteDescription !== null) this._reset(link);
+    const pc = link.pc;
+    await pc.setRemoteDescription(offer);
+    await this._flushCandidates(link);
+    this._audioTransceiver(link);
+    this._attachTrack(link);
+    this._openChannels(link);
+    await pc.setLocalDescription();
+    this._limitBitrate(link);
+    if (link.pc === pc) this.signaling.signal(link.peerId, pc.localDescription.toJSON());
+  }
+
+  /** Give a link a fresh connection and channels. */
+  _reset(link) {
+    const old = link.pc;
+    link.pc = this._newConnection();
+    link.chat = link.state = link.stream = null;
+    link.pendingCandidates = [];
+    this._wire(link);
+    old.close();
+  }
+
+  _failed(link, error) {
+    console.info("link to %s failed: %s", link.name, error);
+    this._replace(link);
+  }
+
+  /** Start a failed link again after a backoff; the offerer makes the new offer. */
+  async _replace(link) {
+    if (this.links.get(link.peerId) !== link) return;
+    if (!this.present.has(link.peerId)) {
+      this.links.delete(link.peerId);
+      this._closeLink(link);
+      return;
+    }
+    link.failures += 1;
+    const delay = Math.min(RETRY_MIN * 2 ** (link.failures - 1), RETRY_MAX);
+    await new Promise((resolve) => setTimeout(resolve, delay * (0.5 + Math.random())));
+    if (this.links.get(link.peerId) !== link || this._closing) return;
+    this._reset(link);
+    if (link.offerer) this._offer(link).catch((error) => this._failed(link, error));
+  }
+
+  _closeLink(link) {
+    clearTimeout(link.watchdog);
+    link.pc.close();
+    this.emit("peerdisconnected", link.peerId);
+  }
+}
+
+function audioTransceiverOf(pc) {
+  return pc.getTransceivers().find((t) => t.receiver.track.kind === "audio");
+}
+
+function channelOptions(spec) {
+  const options = { negotiated: true, id: spec.id, ordered: spec.ordered };
+  if (spec.maxRetransmits !== null) options.maxRetransmits = spec.maxRetransmits;
+  return options;
+}
+
+function sendState(link, data) {
+  const state = link.state;
+  if (state?.readyState === "open" && state.bufferedAmount < STATE_BUFFER_LIMIT) state.send(data);
+}
+
+async function addCandidate(pc, candidate) {
+  // null is the end of candidates.
+  await pc.addIceCandidate(candidate ?? undefined);
+}
+
+function validChat(message, maxChars) {
+  return (
+    typeof message.id === "string" &&
+    typeof message.text === "string" &&
+    message.text.length >= 1 &&
+    message.text.length <= maxChars &&
+    Number.isFinite(message.ts)
+  );
+}
+
+function validPosition(p) {
+  return (
+    Number.isFinite(p.x) &&
+    Number.isFinite(p.y) &&
+    Number.isInteger(p.seq) &&
+    (p.zone === undefined || p.zone === null || typeof p.zone === "string")
+  );
+}

@@ -1,0 +1,300 @@
+// The page's link to the signaling server, the twin of chatsubo/signaling.py.
+//
+// One WebSocket for the whole visit: it watches the lobby, joins a room and
+// relays that room's signals. When it drops it reconnects with backoff and
+// jitter and rejoins with the resume token, so the peer id stays the same and
+// the peer-to-peer connections never notice. docs/protocol.md defines every
+// message sent and received here.
+
+import { Emitter } from "./events.js";
+
+const BACKOFF_MIN = 250;
+const BACKOFF_MAX = 10_000;
+/** Our own liveness check: a server silent this long after a ping is given up on. */
+const PING_INTERVAL = 5_000;
+const PING_TIMEOUT = 7_500;
+/** Close codes after which reconnecting would be wrong (protocol.CloseCode). */
+const FINAL_CLOSE_CODES = new Set([1008, 4000]);
+const SERVICE_RESTART = 1012;
+
+/** The server refused a request: `code` is one of the protocol's error codes. */
+export class SignalingError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = "SignalingError";
+    this.code = code;
+  }
+}
+
+/** The WebSocket URL of the server that served this page. */
+export function websocketUrl(location = window.location) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${location.host}/ws`;
+}
+
+/**
+ * Membership of at most one room, through drops and server restarts.
+ *
+ * Events: `peer_list`, `peer_joined`, `peer_left`, `peer_updated`, `signal`,
+ * `rooms` and `server_error`, each with the server's message; and
+ * `connectionstatechange` with `connectionState` (`new`, `connecting`,
+ * `connected`, `reconnecting`, `closed`).
+ */
+export class SignalingClient extends Emitter {
+  constructor(url = websocketUrl()) {
+    super();
+    this.url = url;
+    this.connectionState = "new";
+    this.peerId = null;
+    this.resumeToken = null;
+    this.iceServers = [];
+    this.limits = null;
+    /** Our zone, told again after every rejoin: a restarted server has forgotten it. */
+    this.zone = null;
+    /** The room we are in, or joining; rejoined after every reconnect. */
+    this.room = null;
+    this._watching = false;
+    this._ws = null;
+    this._delay = BACKOFF_MIN;
+    this._retryTimer = null;
+    this._pingTimer = null;
+    this._lastHeard = 0;
+    this._pendingJoin = null;
+    /** Between sending `join` and its answer: an error then is the join's refusal. */
+    this._joining = false;
+    this._closed = false;
+  }
+
+  /** Open the socket and keep it open until `close()`. */
+  start() {
+    if (this._ws === null && this._retryTimer === null) this._open();
+  }
+
+  /** Reconnect now rather than after the backoff (a "Try again" button). */
+  retry() {
+    if (this._ws !== null || this._closed) return;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    this._delay = BACKOFF_MIN;
+    this._open();
+  }
+
+  /** Stop for good: leave the room and close the socket. */
+  close() {
+    this._closed = true;
+    clearTimeout(this._retryTimer);
+    clearInterval(this._pingTimer);
+    this._rejectJoin(new SignalingError("closed", "closed before joining"));
+    if (this._ws !== null) {
+      this._send({ type: "leave" });
+      this._ws.close(1000, "bye");
+    }
+    this._setState("closed");
+  }
+
+  /**
+   * Enter a room; resolves with the `peer_list` message.
+   *
+   * Rejects with a SignalingError: the server's refusal (`room_full`,
+   * `bad_message` for a bad name) or `unreachable` when the server cannot be
+   * reached right now. The socket keeps trying to reconnect either way.
+   */
+  join(roomId, name) {
+    if (this.room !== null) {
+      return Promise.reject(new SignalingError("already_joined", "already in a room"));
+    }
+    this.room = { roomId, name };
+    const joined = new Promise((resolve, reject) => {
+      this._pendingJoin = { resolve, reject };
+    });
+    if (this.connectionState === "connected") {
+      this._write({ type: "join", roomId, name });
+      this._joining = true;
+    } else {
+      // Sent on the next welcome; a failed attempt refuses it as unreachable.
+      this.retry();
+    }
+    return joined;
+  }
+
+  /** Leave the room; the socket stays open for the lobby. */
+  leave() {
+    if (this.room === null) return;
+    this.room = null;
+    this.resumeToken = null;
+    this.zone = null;
+    this._rejectJoin(new SignalingError("closed", "left before joining"));
+    this._send({ type: "leave" });
+  }
+
+  /** Pass `data` to peer `to`; false when the server cannot be reached right now. */
+  signal(to, data) {
+    return this._send({ type: "signal", to, data });
+  }
+
+  /** Change our name or zone; a zone of null clears it. */
+  update(fields) {
+    if (this.room !== null && "name" in fields) this.room.name = fields.name;
+    if ("zone" in fields) this.zone = fields.zone;
+    return this._send({ type: "update", ...fields });
+  }
+
+  /** Receive the lobby's room list as `rooms` events, now and after every reconnect. */
+  watchRooms() {
+    this._watching = true;
+    this._send({ type: "watch_rooms" });
+  }
+
+  unwatchRooms() {
+    this._watching = false;
+    this._send({ type: "unwatch_rooms" });
+  }
+
+  // --- the connection ----------------------------------------------------------
+
+  _setState(state) {
+    if (state === this.connectionState) return;
+    this.connectionState = state;
+    this.emit("connectionstatechange", state);
+  }
+
+  _open() {
+    this._retryTimer = null;
+    this._setState(this.peerId === null ? "connecting" : "reconnecting");
+    const ws = new WebSocket(this.url);
+    this._ws = ws;
+    ws.onmessage = (event) => {
+      this._lastHeard = Date.now();
+      this._receive(event.data);
+    };
+    ws.onclose = (event) => {
+      if (this._ws === ws) this._dropped(event.code);
+    };
+  }
+
+  _dropped(code) {
+    this._ws = null;
+    this._joining = false;
+    clearInterval(this._pingTimer);
+    if (this._closed) return;
+    if (FINAL_CLOSE_CODES.has(code)) {
+      this.room = null;
+      this._setState("closed");
+      this.emit("server_error", {
+        type: "error",
+        code: code === 4000 ? "replaced" : "bad_origin",
+        message: code === 4000 ? "this seat was taken by another tab" : "the server refused this page",
+      });
+      return;
+    }
+    this._setState(this.peerId === null ? "connecting" : "reconnecting");
+    // A first join that cannot go ahead is refused now, not after the backoff.
+    if (this._pendingJoin !== null && this.resumeToken === null) {
+      this.room = null;
+      this._rejectJoin(new SignalingError("unreachable", "the server cannot be reached"));
+    }
+    const wait = code === SERVICE_RESTART ? Math.random() * BACKOFF_MIN : this._delay * (0.5 + Math.random());
+    if (code !== SERVICE_RESTART) this._delay = Math.min(this._delay * 2, BACKOFF_MAX);
+    this._retryTimer = setTimeout(() => this._open(), wait);
+  }
+
+  _greeted(welcome) {
+    this.iceServers = welcome.iceServers;
+    this.limits = welcome.limits;
+    if (this.resumeToken === null) this.peerId = welcome.peerId;
+    this._delay = BACKOFF_MIN;
+    this._lastHeard = Date.now();
+    this._pingTimer = setInterval(() => this._ping(), PING_INTERVAL);
+    if (this._watching) this._write({ type: "watch_rooms" });
+    if (this.room === null) {
+      this._setState("connected");
+    } else {
+      const { roomId, name } = this.room;
+      const join = { type: "join", roomId, name };
+      if (this.resumeToken !== null) join.resume = this.resumeToken;
+      this._joining = this._write(join);
+    }
+  }
+
+  _ping() {
+    if (Date.now() - this._lastHeard > PING_TIMEOUT) {
+      // A half-open socket: close it ourselves and reconnect.
+      const ws = this._ws;
+      this._dropped(1006);
+      ws?.close();
+      return;
+    }
+    this._write({ type: "ping", t: Date.now() });
+  }
+
+  _receive(text) {
+    let message;
+    try {
+      message = JSON.parse(text);
+    } catch {
+      return;
+    }
+    switch (message.type) {
+      case "welcome":
+        this._greeted(message);
+        break;
+      case "peer_list":
+        this._joining = false;
+        this.peerId = message.peerId;
+        this.resumeToken = message.resumeToken ?? this.resumeToken;
+        this._setState("connected");
+        if (this.zone !== null) this._write({ type: "update", zone: this.zone });
+        this.emit("peer_list", message);
+        this._pendingJoin?.resolve(message);
+        this._pendingJoin = null;
+        break;
+      case "error":
+        this._error(message);
+        break;
+      case "pong":
+        break;
+      default:
+        this.emit(message.type, message);
+    }
+  }
+
+  _error(error) {
+    if (!this._joining) {
+      this.emit("server_error", error);
+      return;
+    }
+    if (error.code === "bad_resume") {
+      this.resumeToken = null;
+      this._write({ type: "join", roomId: this.room.roomId, name: this.room.name });
+      return;
+    }
+    this._joining = false;
+    if (this._pendingJoin !== null) {
+      // The first join was refused: stay connected, in the lobby.
+      this.room = null;
+      this._setState("connected");
+      this._rejectJoin(new SignalingError(error.code, error.message));
+      return;
+    }
+    // A rejoin was refused (the room filled up meanwhile): report it, try again later.
+    this.emit("server_error", error);
+    this._ws?.close();
+  }
+
+  _rejectJoin(error) {
+    this._pendingJoin?.reject(error);
+    this._pendingJoin = null;
+  }
+
+  _send(message) {
+    if (this.connectionState !== "connected") return false;
+    return this._write(message);
+  }
+
+  _write(message) {
+    const ws = this._ws;
+    if (ws === null || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(JSON.stringify(message));
+    return true;
+  }
+}
