@@ -23,6 +23,7 @@ import math
 import os
 import wave
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from fractions import Fraction
 from types import ModuleType
 from typing import Any, Protocol
@@ -214,33 +215,19 @@ def parse_source(spec: str, seed: int = 0) -> AudioSource:
     return FileSource(spec)
 
 
-class EncodedAudioTrack(MediaStreamTrack):
-    """A source encoded once to Opus, paced to real time, as ``av.Packet`` objects.
-
-    aiortc's ``RTCRtpSender`` encodes only ``av.Frame`` objects; anything else
-    it hands to ``encoder.pack()``, which reads the packet's bytes, ``pts`` and
-    ``time_base``. So however many connections relay this track, it is encoded
-    once. Do not add it to connections directly (see :class:`AudioOut`).
-    """
+class _PacedTrack(MediaStreamTrack):
+    """An audio track that reads a source in 20 ms steps, paced to real time."""
 
     kind = "audio"
 
-    def __init__(self, source: AudioSource, bitrate: int = OPUS_BITRATE) -> None:
+    def __init__(self, source: AudioSource) -> None:
         super().__init__()
         self.source = source
-        self._encoder: Any = av.CodecContext.create("libopus", "w")
-        self._encoder.bit_rate = bitrate
-        self._encoder.format = "s16"
-        self._encoder.layout = "mono"
-        self._encoder.sample_rate = SAMPLE_RATE
-        self._encoder.time_base = TIME_BASE
-        self._encoder.options = {"application": "voip"}
-        self._pending: collections.deque[av.Packet[Any]] = collections.deque()
         self._pts = 0
         self._started: float | None = None
 
-    async def recv(self) -> av.Packet[Any]:
-        """The next packet, at its due time: the sender pulls as fast as this returns."""
+    async def _pace(self) -> None:
+        """Wait until the next frame is due: the sender pulls as fast as ``recv`` returns."""
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
@@ -255,22 +242,16 @@ class EncodedAudioTrack(MediaStreamTrack):
             await asyncio.sleep(due - now)
         if self.readyState != "live":
             raise MediaStreamError
-        # libopus takes well under a millisecond for 20 ms of mono, so encoding
-        # here is cheaper than a hop to the thread pool.
-        while not self._pending:
-            frame = av.AudioFrame.from_ndarray(
-                self.source.read().reshape(1, -1), format="s16", layout="mono"
-            )
-            frame.sample_rate = SAMPLE_RATE
-            frame.pts = self._pts
-            frame.time_base = TIME_BASE
-            self._pending.extend(self._encoder.encode(frame))
-        packet = self._pending.popleft()
-        # The encoder's own pts starts negative (Opus pre-skip); RTP wants ours.
-        packet.pts = self._pts
-        packet.time_base = TIME_BASE
-        self._pts += FRAME_SAMPLES
-        return packet
+
+    def _frame(self) -> av.AudioFrame:
+        """The source's next 20 ms, stamped with the current pts."""
+        frame = av.AudioFrame.from_ndarray(
+            self.source.read().reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._pts
+        frame.time_base = TIME_BASE
+        return frame
 
     def stop(self) -> None:
         """End the track and release the source; relays reading it then finish."""
@@ -279,16 +260,69 @@ class EncodedAudioTrack(MediaStreamTrack):
         super().stop()
 
 
+class PcmAudioTrack(_PacedTrack):
+    """A source as raw frames.
+
+    Relayed to several connections, each ``RTCRtpSender`` encodes it anew:
+    naive aiortc, kept for the load test's side-by-side ``--naive`` runs.
+    """
+
+    async def recv(self) -> av.AudioFrame:
+        await self._pace()
+        frame = self._frame()
+        self._pts += FRAME_SAMPLES
+        return frame
+
+
+class EncodedAudioTrack(_PacedTrack):
+    """A source encoded once to Opus, paced to real time, as ``av.Packet`` objects.
+
+    aiortc's ``RTCRtpSender`` encodes only ``av.Frame`` objects; anything else
+    it hands to ``encoder.pack()``, which reads the packet's bytes, ``pts`` and
+    ``time_base``. So however many connections relay this track, it is encoded
+    once. Do not add it to connections directly (see :class:`AudioOut`).
+    """
+
+    def __init__(self, source: AudioSource, bitrate: int = OPUS_BITRATE) -> None:
+        super().__init__(source)
+        self._encoder: Any = av.CodecContext.create("libopus", "w")
+        self._encoder.bit_rate = bitrate
+        self._encoder.format = "s16"
+        self._encoder.layout = "mono"
+        self._encoder.sample_rate = SAMPLE_RATE
+        self._encoder.time_base = TIME_BASE
+        self._encoder.options = {"application": "voip"}
+        self._pending: collections.deque[av.Packet[Any]] = collections.deque()
+
+    async def recv(self) -> av.Packet[Any]:
+        """The next packet, at its due time."""
+        await self._pace()
+        # libopus takes well under a millisecond for 20 ms of mono, so encoding
+        # here is cheaper than a hop to the thread pool.
+        while not self._pending:
+            self._pending.extend(self._encoder.encode(self._frame()))
+        packet = self._pending.popleft()
+        # The encoder's own pts starts negative (Opus pre-skip); RTP wants ours.
+        packet.pts = self._pts
+        packet.time_base = TIME_BASE
+        self._pts += FRAME_SAMPLES
+        return packet
+
+
 class AudioOut:
     """A peer's outgoing voice: one encoded track, relayed to each connection.
 
     Give each RTCPeerConnection its own :meth:`subscribe` track: a track added
     to two connections would split its packets between them, and a sender
-    stopping a shared track would silence everyone.
+    stopping a shared track would silence everyone. With ``encode_once``
+    off, the relayed track is raw audio and every connection encodes it
+    itself (naive aiortc, for comparison).
     """
 
-    def __init__(self, source: AudioSource, bitrate: int = OPUS_BITRATE) -> None:
-        self.track = EncodedAudioTrack(source, bitrate)
+    def __init__(
+        self, source: AudioSource, bitrate: int = OPUS_BITRATE, *, encode_once: bool = True
+    ) -> None:
+        self.track = EncodedAudioTrack(source, bitrate) if encode_once else PcmAudioTrack(source)
         self._relay = MediaRelay()
 
     def subscribe(self) -> MediaStreamTrack:
@@ -309,39 +343,75 @@ class MonoPcm(Protocol):
 
 
 class PcmBuffer:
-    """The last few received frames as mono float32, and their loudness."""
+    """The last few received frames, and their loudness, converted only when asked for.
+
+    A peer receives 50 frames a second from everyone in the room; most are
+    never mixed, so converting each on arrival would be work thrown away.
+    """
 
     def __init__(self, max_frames: int = 5) -> None:
-        self._chunks: collections.deque[Mono] = collections.deque(maxlen=max_frames)
-        self._energies: collections.deque[float] = collections.deque(maxlen=max_frames)
+        self._chunks: collections.deque[_Chunk] = collections.deque(maxlen=max_frames)
 
     def push(self, frame: av.AudioFrame) -> None:
         """Add a decoded s16 frame (aiortc's are interleaved stereo)."""
-        channels = len(frame.layout.channels)
-        pcm = frame.to_ndarray().reshape(-1, channels).astype(np.float32)
-        mono: Mono = pcm.mean(axis=1) / 32768.0
-        self._chunks.append(mono)
-        self._energies.append(float(np.mean(np.square(mono))) if len(mono) else 0.0)
+        self._chunks.append(_Chunk(frame))
 
     def take(self, n: int) -> Mono:
         out = np.zeros(n, np.float32)
         filled = 0
         while filled < n and self._chunks:
             chunk = self._chunks.popleft()
-            used = min(n - filled, len(chunk))
-            out[filled : filled + used] = chunk[:used]
-            if used < len(chunk):
-                self._chunks.appendleft(chunk[used:])
+            mono = chunk.mono
+            used = min(n - filled, len(mono))
+            out[filled : filled + used] = mono[:used]
+            if used < len(mono):
+                self._chunks.appendleft(_Chunk(mono[used:]))
             filled += used
         return out
 
     @property
     def level_dbfs(self) -> float:
         """RMS of the recent frames in dBFS (a full-scale sine is about -3); -100 for silence."""
-        if not self._energies:
+        if not self._chunks:
             return -100.0
-        power = sum(self._energies) / len(self._energies)
+        power = sum(chunk.energy for chunk in self._chunks) / len(self._chunks)
         return max(10 * math.log10(power), -100.0) if power > 0 else -100.0
+
+
+class _Chunk:
+    """One buffered frame, or what is left of it, converted to mono on first use."""
+
+    __slots__ = ("_energy", "_frame", "_mono")
+
+    def __init__(self, data: av.AudioFrame | Mono) -> None:
+        self._frame = data if isinstance(data, av.AudioFrame) else None
+        self._mono: Mono | None = None if isinstance(data, av.AudioFrame) else data
+        self._energy: float | None = None
+
+    @property
+    def mono(self) -> Mono:
+        if self._mono is None:
+            assert self._frame is not None
+            channels = len(self._frame.layout.channels)
+            pcm = self._frame.to_ndarray().reshape(-1, channels).astype(np.float32)
+            self._mono = pcm.mean(axis=1) / 32768.0
+            self._frame = None
+        return self._mono
+
+    @property
+    def energy(self) -> float:
+        """Mean square of the samples (full scale 1.0)."""
+        if self._energy is None:
+            pcm: Mono
+            if self._frame is not None:
+                # Straight from the frame: a level needs no mono mix.
+                n = self._frame.samples * len(self._frame.layout.channels)
+                plane = memoryview(self._frame.planes[0])
+                pcm = np.frombuffer(plane, np.int16, n).astype(np.float32) / 32768.0
+            else:
+                pcm = self.mono
+            self._energy = float(np.dot(pcm, pcm)) / len(pcm) if len(pcm) else 0.0
+        return self._energy
 
 
 class AudioIn:
@@ -366,6 +436,8 @@ class AudioIn:
         self.first_frame_at: float | None = None
         #: Set when the track has ended, for whatever reason.
         self.ended = asyncio.Event()
+        #: Called with each frame as it arrives, for measurements (scripts/latency.py).
+        self.on_frame: Callable[[av.AudioFrame], None] | None = None
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"AudioIn {name}")
 
     async def _run(self) -> None:
@@ -392,6 +464,8 @@ class AudioIn:
                 self.missing_samples += frame.pts - self.last_pts - frame.samples
             self.last_pts = frame.pts
         self.buffer.push(frame)
+        if self.on_frame is not None:
+            self.on_frame(frame)
 
     def take(self, n: int) -> Mono:
         """Up to ``n`` of the oldest unmixed samples, zero-padded (see :class:`MonoPcm`)."""

@@ -34,6 +34,7 @@ from pyee.asyncio import AsyncIOEventEmitter
 from . import channels
 from . import protocol as p
 from .audio import AudioIn, AudioOut
+from .receiving import use_inline_audio_path
 from .signaling import SignalingClient, SignalingOptions
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class PeerOptions:
     connect_timeout: float = 10.0
     retry_min: float = 0.5
     retry_max: float = 10.0
+    #: Decode received audio on arrival, in the event loop, rather than through
+    #: aiortc's 80 ms jitter buffer and a thread per stream (see :mod:`chatsubo.receiving`).
+    inline_audio: bool = True
 
 
 @dataclass(eq=False)
@@ -69,6 +73,9 @@ class Link:
     pending_candidates: list[Any] = field(default_factory=list)
     failures: int = 0
     position: channels.Position | None = None
+    #: Position updates sent on this link, and received (valid ones, stale or not).
+    positions_sent: int = 0
+    positions_received: int = 0
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -137,6 +144,9 @@ class MeshPeer(AsyncIOEventEmitter):
     async def _report_levels(self) -> None:
         while True:
             await asyncio.sleep(1 / LEVEL_RATE)
+            if not self.listeners("audiolevel"):
+                # Measuring costs real CPU in a big room; only do it for someone.
+                continue
             for peer_id, link in list(self.links.items()):
                 if link.audio_in is not None:
                     self.emit("audiolevel", peer_id, link.audio_in.level_dbfs)
@@ -196,6 +206,7 @@ class MeshPeer(AsyncIOEventEmitter):
         state = link.state
         if state is not None and state.readyState == "open" and state.bufferedAmount < 4096:
             state.send(data)
+            link.positions_sent += 1
 
     # --- signaling events ----------------------------------------------------------
 
@@ -307,6 +318,7 @@ class MeshPeer(AsyncIOEventEmitter):
             except channels.ChannelError as exc:
                 logger.debug("dropping a state message from %s: %s", link.peer_id, exc)
                 return
+            link.positions_received += 1
             # Unordered channel: a late, older update must not move anyone back.
             if link.position is None or position.seq > link.position.seq:
                 link.position = position
@@ -338,6 +350,10 @@ class MeshPeer(AsyncIOEventEmitter):
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio" and link.pc is pc:
+                if self.options.inline_audio:
+                    for receiver in pc.getReceivers():
+                        if receiver.track is track:
+                            use_inline_audio_path(receiver)
                 # Read even if nobody listens: aiortc queues unread frames forever.
                 link.audio_in = AudioIn(track, link.name)
                 self.emit("audio", link.peer_id, link.audio_in)

@@ -205,6 +205,7 @@ def start_chatsubo(
     uvloop: bool,
     messages_per_second: float,
     max_connections: int = 20000,
+    max_room_size: int = 10,
     source: Path = REPO,
     label: str = "",
 ) -> ServerProcess:
@@ -224,6 +225,8 @@ def start_chatsubo(
         f"{messages_per_second:g}",
         "--max-connections",
         str(max_connections),
+        "--max-room-size",
+        str(max_room_size),
         "--state-dir",
         str(workdir / "state"),
         "--log-level",
