@@ -148,7 +148,8 @@ class LoadPeer:
         self.connected: set[str] = set()
         self.started_at = 0.0
         self.joined_in: float | None = None
-        self.expected: set[str] = set()
+        #: Who this newcomer must connect to: everyone in its peer_list. None until joined.
+        self.expected: set[str] | None = None
         self.chat_ms: list[float] = []
         self.measuring = False
         self.peer.on("peerconnected", self._on_connected)
@@ -166,7 +167,7 @@ class LoadPeer:
         self._check_joined()
 
     def _check_joined(self) -> None:
-        if self.joined_in is None and self.started_at and self.expected <= self.connected:
+        if self.joined_in is None and self.expected is not None and self.expected <= self.connected:
             self.joined_in = time.time() - self.started_at
 
     def _on_chat(self, peer_id: str, chat: Chat) -> None:
@@ -637,11 +638,14 @@ def main(argv: list[str] | None = None) -> int:
             server_cpu: Any = lambda: 0.0  # noqa: E731 - nothing to measure
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            server = stack.enter_context(
-                running(
-                    start_chatsubo(sys.executable, workdir, uvloop=True, messages_per_second=200)
-                )
+            process = start_chatsubo(
+                sys.executable,
+                workdir,
+                uvloop=True,
+                messages_per_second=200,
+                max_room_size=max(10, args.peers),
             )
+            server = stack.enter_context(running(process))
             url = f"http://127.0.0.1:{server.port}"
             server_cpu = server.cpu_seconds
         try:

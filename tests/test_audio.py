@@ -148,6 +148,19 @@ async def test_encoded_track_gives_paced_opus_packets() -> None:
     assert abs(peak_hz(pcm[-9600:]) - 440) < 10
 
 
+async def test_naive_voice_relays_raw_frames_for_each_sender_to_encode() -> None:
+    out = AudioOut(ToneSource(440.0), encode_once=False)
+    first, second = out.subscribe(), out.subscribe()
+    try:
+        frames = [await first.recv() for _ in range(3)]
+        other = await second.recv()
+    finally:
+        out.stop()
+    assert all(isinstance(f, av.AudioFrame) for f in [*frames, other])
+    assert [f.pts for f in frames] == [0, FRAME_SAMPLES, 2 * FRAME_SAMPLES]
+    assert frames[0].samples == FRAME_SAMPLES
+
+
 async def test_stopped_track_ends() -> None:
     track = EncodedAudioTrack(SilenceSource())
     await track.recv()
@@ -156,12 +169,20 @@ async def test_stopped_track_ends() -> None:
         await track.recv()
 
 
+def loopback_connection() -> RTCPeerConnection:
+    """A peer connection with host candidates only: no public STUN server to wait for."""
+    return RTCPeerConnection(
+        RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    )
+
+
 async def connect(
-    sender: MediaStreamTrack, on_track: Callable[[MediaStreamTrack], None]
+    sender: MediaStreamTrack,
+    on_track: Callable[[MediaStreamTrack], None],
+    answerer: RTCPeerConnection | None = None,
 ) -> tuple[RTCPeerConnection, RTCPeerConnection]:
-    """Two real peer connections on loopback, host candidates only, one sending ``sender``."""
-    config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
-    a, b = RTCPeerConnection(config), RTCPeerConnection(config)
+    """Two real peer connections on loopback, one sending ``sender`` to ``answerer``."""
+    a, b = loopback_connection(), answerer or loopback_connection()
     a.addTrack(sender)
     b.on("track", on_track)
     await a.setLocalDescription(await a.createOffer())

@@ -234,7 +234,7 @@ async def test_garbage_on_the_data_channels_is_survived(make_peer: PeerMaker) ->
 
 
 async def test_positions_are_rate_limited_and_the_last_one_arrives(make_peer: PeerMaker) -> None:
-    a, _, moved = await _open_pair(make_peer)
+    a, b, moved = await _open_pair(make_peer)
     loop = asyncio.get_running_loop()
     started = loop.time()
     for step in range(50):
@@ -243,6 +243,10 @@ async def test_positions_are_rate_limited_and_the_last_one_arrives(make_peer: Pe
     await poll(lambda: bool(moved) and moved[-1].x == 4.9)
     elapsed = loop.time() - started
     assert len(moved) <= elapsed * 10 + 2, (len(moved), elapsed)
+    # Both ends count what crossed the link, for the load test's delivery rate.
+    sent = a.links[b.peer_id or ""].positions_sent
+    received = b.links[a.peer_id or ""].positions_received
+    assert sent == received == len(moved), (sent, received, len(moved))
 
 
 async def test_trickled_candidates_from_a_browser_like_peer(
