@@ -158,6 +158,7 @@ async def test_naive_voice_relays_raw_frames_for_each_sender_to_encode() -> None
         out.stop()
     assert all(isinstance(f, av.AudioFrame) for f in [*frames, other])
     assert [f.pts for f in frames] == [0, FRAME_SAMPLES, 2 * FRAME_SAMPLES]
+    assert isinstance(frames[0], av.AudioFrame)
     assert frames[0].samples == FRAME_SAMPLES
 
 
