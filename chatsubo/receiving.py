@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: Sequence numbers this far behind the expected one mean the stream restarted.
 _RESTART_DISTANCE = 1000
+_OPUS_RATE = 48000
+_OPUS_TIME_BASE = Fraction(1, _OPUS_RATE)
 
 
 def _ahead(seq: int, of: int) -> int:
@@ -52,12 +54,12 @@ class _OpusMono(Decoder):
         self.codec: Any = av.CodecContext.create("libopus", "r")
         self.codec.format = "s16"
         self.codec.layout = "mono"
-        self.codec.sample_rate = 48000
+        self.codec.sample_rate = _OPUS_RATE
 
     def decode(self, encoded_frame: JitterFrame) -> list[Any]:
         packet = av.Packet(encoded_frame.data)
         packet.pts = encoded_frame.timestamp
-        packet.time_base = Fraction(1, 48000)
+        packet.time_base = _OPUS_TIME_BASE
         return list(self.codec.decode(packet))
 
 

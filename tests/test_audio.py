@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import wave
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -193,12 +194,37 @@ async def connect(
     return a, b
 
 
-async def test_loopback_call_delivers_every_frame_with_the_pitch() -> None:
-    out = AudioOut(ToneSource(440.0))
+@contextlib.asynccontextmanager
+async def audio_call(
+    out: AudioOut,
+    answerer: RTCPeerConnection | None = None,
+    on_track: Callable[[MediaStreamTrack], None] | None = None,
+) -> AsyncIterator[list[AudioIn]]:
+    """A loopback call sending ``out``; yields the received track's AudioIn, once it exists.
+
+    ``on_track`` sees the remote track before it is read. Everything is closed
+    on the way out.
+    """
     received: list[AudioIn] = []
-    a, b = await connect(out.subscribe(), lambda track: received.append(AudioIn(track, "a")))
-    closers: list[Callable[[], Awaitable[None]]] = [a.close, b.close]
+
+    def read(track: MediaStreamTrack) -> None:
+        if on_track is not None:
+            on_track(track)
+        received.append(AudioIn(track, "a"))
+
+    a, b = await connect(out.subscribe(), read, answerer)
     try:
+        yield received
+    finally:
+        await a.close()
+        await b.close()
+        out.stop()
+        for audio_in in received:
+            await audio_in.stop()
+
+
+async def test_loopback_call_delivers_every_frame_with_the_pitch() -> None:
+    async with audio_call(AudioOut(ToneSource(440.0))) as received:
         await until(lambda: bool(received) and received[0].frames > 0, "the first frame")
         audio_in = received[0]
         first = audio_in.first_frame_at
@@ -211,12 +237,6 @@ async def test_loopback_call_delivers_every_frame_with_the_pitch() -> None:
         assert len(module_tasks()) == 2, "the AudioIn reader and the relay's reader run"
         assert audio_in.level_dbfs > -20
         assert abs(peak_hz(audio_in.take(4800)) - 440) < 15
-    finally:
-        for close in closers:
-            await close()
-        out.stop()
-        for audio_in in received:
-            await audio_in.stop()
     await until(lambda: not module_tasks(), "the module's tasks to end")
     assert received[0].ended.is_set()
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from chatsubo.audio import FRAME_SAMPLES, AudioIn, AudioOut, EncodedAudioTrack, ToneSource
+from chatsubo.audio import FRAME_SAMPLES, AudioOut, EncodedAudioTrack, ToneSource
 from chatsubo.receiving import InlineAudioPath, use_inline_audio_path
-from tests.test_audio import connect, loopback_connection, peak_hz, until
+from tests.test_audio import audio_call, loopback_connection, peak_hz, until
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
 
@@ -107,31 +106,19 @@ async def test_unknown_payloads_and_garbage_are_dropped() -> None:
 
 
 async def test_installs_on_a_real_receiver_and_a_call_still_delivers() -> None:
-    out = AudioOut(ToneSource(440.0))
-    received: list[AudioIn] = []
+    answerer = loopback_connection()
     installed: list[bool] = []
-    holder: list[RTCPeerConnection] = []
 
-    def on_track(track: Any) -> None:
-        (receiver,) = [r for r in holder[0].getReceivers() if r.track is track]
+    def install(track: MediaStreamTrack) -> None:
+        (receiver,) = [r for r in answerer.getReceivers() if r.track is track]
         installed.append(use_inline_audio_path(receiver))
-        received.append(AudioIn(track, "a"))
 
-    holder.append(loopback_connection())
-    a, b = await connect(out.subscribe(), on_track, answerer=holder[0])
-    closers: list[Callable[[], Awaitable[None]]] = [a.close, b.close]
-    try:
+    async with audio_call(AudioOut(ToneSource(440.0)), answerer, install) as received:
         await until(lambda: bool(received) and received[0].frames > 50, "a second of audio")
         assert installed == [True]
         audio_in = received[0]
         assert audio_in.gaps == 0
         assert abs(peak_hz(audio_in.take(4800)) - 440) < 15
-    finally:
-        for close in closers:
-            await close()
-        out.stop()
-        for audio_in in received:
-            await audio_in.stop()
     await until(lambda: received[0].ended.is_set(), "the track to end with the call")
 
 
