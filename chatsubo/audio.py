@@ -353,7 +353,7 @@ class PcmBuffer:
         self._chunks: collections.deque[_Chunk] = collections.deque(maxlen=max_frames)
 
     def push(self, frame: av.AudioFrame) -> None:
-        """Add a decoded s16 frame (aiortc's are interleaved stereo)."""
+        """Add a decoded s16 frame, mono or interleaved stereo."""
         self._chunks.append(_Chunk(frame))
 
     def take(self, n: int) -> Mono:

@@ -36,6 +36,7 @@ from . import protocol as p
 from .audio import AudioIn, AudioOut
 from .receiving import use_inline_audio_path
 from .signaling import SignalingClient, SignalingOptions
+from .space import BAR
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +46,12 @@ LEVEL_RATE = 4.0
 
 @dataclass
 class PeerOptions:
-    """Timing of the mesh."""
+    """Timing of the mesh; the defaults are the ones every peer shares (``BAR.peer``)."""
 
     #: A link not connected this many seconds after it was made is replaced.
-    connect_timeout: float = 10.0
-    retry_min: float = 0.5
-    retry_max: float = 10.0
+    connect_timeout: float = BAR.peer.connect_timeout
+    retry_min: float = BAR.peer.retry_min
+    retry_max: float = BAR.peer.retry_max
     #: Decode received audio on arrival, in the event loop, rather than through
     #: aiortc's 80 ms jitter buffer and a thread per stream (see :mod:`chatsubo.receiving`).
     inline_audio: bool = True

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from fractions import Fraction
 from typing import Any
 
 import av
@@ -33,12 +32,12 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from .audio import SAMPLE_RATE, TIME_BASE
+
 logger = logging.getLogger(__name__)
 
 #: Sequence numbers this far behind the expected one mean the stream restarted.
 _RESTART_DISTANCE = 1000
-_OPUS_RATE = 48000
-_OPUS_TIME_BASE = Fraction(1, _OPUS_RATE)
 
 
 def _ahead(seq: int, of: int) -> int:
@@ -54,12 +53,12 @@ class _OpusMono(Decoder):
         self.codec: Any = av.CodecContext.create("libopus", "r")
         self.codec.format = "s16"
         self.codec.layout = "mono"
-        self.codec.sample_rate = _OPUS_RATE
+        self.codec.sample_rate = SAMPLE_RATE
 
     def decode(self, encoded_frame: JitterFrame) -> list[Any]:
         packet = av.Packet(encoded_frame.data)
         packet.pts = encoded_frame.timestamp
-        packet.time_base = _OPUS_TIME_BASE
+        packet.time_base = TIME_BASE
         return list(self.codec.decode(packet))
 
 

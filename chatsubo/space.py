@@ -130,6 +130,11 @@ class PeerRules(msgspec.Struct, rename="camel", frozen=True):
     max_message_bytes: int
     position_rate: float
     audio_bitrate: int
+    #: Seconds: a link not connected this long is replaced, after a backoff
+    #: from ``retry_min`` doubling up to ``retry_max``, with jitter.
+    connect_timeout: float
+    retry_min: float
+    retry_max: float
 
 
 class Space(msgspec.Struct, rename="camel", frozen=True):
@@ -191,6 +196,9 @@ BAR = Space(
         max_message_bytes=MAX_CHANNEL_MESSAGE_BYTES,
         position_rate=POSITION_RATE,
         audio_bitrate=OPUS_BITRATE,
+        connect_timeout=10.0,
+        retry_min=0.5,
+        retry_max=10.0,
     ),
 )
 

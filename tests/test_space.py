@@ -6,6 +6,7 @@ import aiohttp
 import msgspec
 import pytest
 
+from chatsubo.peer import PeerOptions
 from chatsubo.space import BAR, Space
 from tests.conftest import RunningServer
 
@@ -64,3 +65,7 @@ async def test_served_definition_is_the_python_one(server: RunningServer) -> Non
     served = msgspec.json.decode(body)
     assert served["distanceModel"]["refDistance"] == MODEL.ref_distance
     assert served["map"]["zones"][0]["name"] == "Central Bar"
+    # The Python peer's link timing is the one the browser is served.
+    options = PeerOptions()
+    timing = (options.connect_timeout, options.retry_min, options.retry_max)
+    assert timing == tuple(served["peer"][k] for k in ("connectTimeout", "retryMin", "retryMax"))

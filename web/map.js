@@ -212,10 +212,7 @@ export class BarMap extends Emitter {
       if (t >= 1) avatar.to = null;
       else moving = true;
     }
-    if (moving) {
-      this._frame = requestAnimationFrame((t) => this._tick(t));
-      this._lastFrame = now;
-    }
+    if (moving) this._frame = requestAnimationFrame((t) => this._tick(t));
   }
 
   /** One frame of our own walk; whether there is more to go. */

@@ -7,9 +7,6 @@
 
 import { Emitter } from "./events.js";
 
-const CONNECT_TIMEOUT = 10_000;
-const RETRY_MIN = 500;
-const RETRY_MAX = 10_000;
 /** Positions go stale fast: never queue one behind this much unsent data. */
 const STATE_BUFFER_LIMIT = 4096;
 
@@ -49,7 +46,7 @@ export class Link {
 export class MeshPeer extends Emitter {
   /**
    * @param signaling a joined (or joining) SignalingClient
-   * @param rules the `peer` part of /api/space: channel specs and limits
+   * @param rules the `peer` part of /api/space: channel specs, limits and link timing
    */
   constructor(signaling, rules) {
     super();
@@ -194,7 +191,7 @@ export class MeshPeer extends Emitter {
         console.info("link to %s did not connect in time", link.name);
         this._replace(link);
       }
-    }, CONNECT_TIMEOUT);
+    }, this.rules.connectTimeout * 1000);
     pc.onicecandidate = ({ candidate }) => {
       // Trickle: each candidate as it is found, then null for the end.
       if (link.pc === pc) this.signaling.signal(link.peerId, candidate ? candidate.toJSON() : null);
@@ -358,7 +355,8 @@ export class MeshPeer extends Emitter {
       return;
     }
     link.failures += 1;
-    const delay = Math.min(RETRY_MIN * 2 ** (link.failures - 1), RETRY_MAX);
+    const { retryMin, retryMax } = this.rules;
+    const delay = 1000 * Math.min(retryMin * 2 ** (link.failures - 1), retryMax);
     await new Promise((resolve) => setTimeout(resolve, delay * (0.5 + Math.random())));
     if (this.links.get(link.peerId) !== link || this._closing) return;
     this._reset(link);

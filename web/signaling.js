@@ -48,7 +48,6 @@ export class SignalingClient extends Emitter {
     this.peerId = null;
     this.resumeToken = null;
     this.iceServers = [];
-    this.limits = null;
     /** Our zone, told again after every rejoin: a restarted server has forgotten it. */
     this.zone = null;
     /** The room we are in, or joining; rejoined after every reconnect. */
@@ -200,7 +199,6 @@ export class SignalingClient extends Emitter {
 
   _greeted(welcome) {
     this.iceServers = welcome.iceServers;
-    this.limits = welcome.limits;
     if (this.resumeToken === null) this.peerId = welcome.peerId;
     this._delay = BACKOFF_MIN;
     this._lastHeard = Date.now();
