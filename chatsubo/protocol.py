@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated, Any, Final, cast
+from typing import Annotated, Any, Final
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, UnsetType
@@ -265,15 +265,15 @@ class ProtocolError(Exception):
 #: What msgspec raises for bad input: DecodeError, RecursionError for deeply
 #: nested values it skips or keeps raw, UnicodeError for lone surrogates.
 UNDECODABLE = (msgspec.DecodeError, RecursionError, UnicodeError)
-_client_decoder = msgspec.json.Decoder(ClientMessage)
-_server_decoder = msgspec.json.Decoder(ServerMessage)
+_client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
+_server_decoder: msgspec.json.Decoder[ServerMessage] = msgspec.json.Decoder(ServerMessage)
 _encoder = msgspec.json.Encoder()
 
 
 def decode_client(frame: str | bytes) -> ClientMessage:
     """Decode and validate one frame sent by a client."""
     try:
-        return cast(ClientMessage, _client_decoder.decode(frame))
+        return _client_decoder.decode(frame)
     except UNDECODABLE as exc:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
 
@@ -281,7 +281,7 @@ def decode_client(frame: str | bytes) -> ClientMessage:
 def decode_server(frame: str | bytes) -> ServerMessage:
     """Decode and validate one frame sent by the server (for Python clients)."""
     try:
-        return cast(ServerMessage, _server_decoder.decode(frame))
+        return _server_decoder.decode(frame)
     except UNDECODABLE as exc:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the test suite needs on a fresh machine, then lints,
-# type-checks and runs the tests. Extra arguments go to pytest.
+# Installs everything the test suite needs on a fresh machine, then checks the
+# layout, lints, type-checks and runs the tests. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,10 +18,12 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Exactly the locked versions, then the project itself with nothing more.
 python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q --require-hashes -r requirements-test.lock
+.venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
 
+.venv/bin/lint-imports
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
