@@ -62,7 +62,7 @@ from benchkit import (
     wait_until,
 )
 
-from chatsubo.cli import positive_float, positive_int, raise_file_limit
+from chatsubo.commandline import positive_float, positive_int, raise_file_limit
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection

@@ -22,7 +22,7 @@ from multiprocessing.connection import wait as wait_for_pipes
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from chatsubo.cli import raise_file_limit
+from chatsubo.commandline import raise_file_limit
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection

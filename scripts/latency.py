@@ -28,7 +28,8 @@ import av
 import numpy as np
 from benchkit import Progress, percentile, run_loop, running, start_chatsubo
 
-from chatsubo.audio import (
+from chatsubo.commandline import positive_float
+from chatsubo.peer.audio import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
     AudioIn,
@@ -37,9 +38,8 @@ from chatsubo.audio import (
     Mono,
     Pcm,
 )
-from chatsubo.cli import positive_float
-from chatsubo.peer import MeshPeer, PeerOptions
-from chatsubo.signaling import SignalingOptions
+from chatsubo.peer.mesh import MeshPeer, PeerOptions
+from chatsubo.peer.signaling import SignalingOptions
 
 #: A chirp every this many samples (250 ms), starting 10 ms into its frame.
 CHIRP_EVERY = 12_000

@@ -1,6 +1,6 @@
 """Load test: N aiortc mesh peers in P processes, measured as a mesh.
 
-Every peer is a ``chatsubo.peer.MeshPeer`` with a tone for a voice. They join
+Every peer is a ``chatsubo.peer.mesh.MeshPeer`` with a tone for a voice. They join
 R rooms one after another (``--stagger`` apart), settle, and are then measured
 for ``--duration`` seconds while each one chats once a second and walks in a
 circle at the position rate. Afterwards the last peer of the first room leaves
@@ -46,11 +46,11 @@ from benchkit import (
     start_chatsubo,
 )
 
-from chatsubo.audio import AudioIn, AudioOut, parse_source
 from chatsubo.channels import POSITION_RATE, Chat
-from chatsubo.cli import positive_float, positive_int
-from chatsubo.peer import MeshPeer, PeerOptions
-from chatsubo.signaling import SignalingOptions
+from chatsubo.commandline import positive_float, positive_int
+from chatsubo.peer.audio import AudioIn, AudioOut, parse_source
+from chatsubo.peer.mesh import MeshPeer, PeerOptions
+from chatsubo.peer.signaling import SignalingOptions
 
 if TYPE_CHECKING:
     from benchkit import Pipe

@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from chatsubo.config import ServerConfig
-from chatsubo.hub import Hub
-from chatsubo.server import HUB, create_app
+from chatsubo.server.app import HUB, create_app
+from chatsubo.server.config import ServerConfig
+from chatsubo.server.hub import Hub
 
 #: Generous: this machine has two shared cores.
 DEADLINE = 10.0

@@ -18,7 +18,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 from numpy.typing import NDArray
 
-from chatsubo.audio import (
+from chatsubo.peer.audio import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
     AudioIn,

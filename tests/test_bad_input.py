@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from chatsubo.identity import TokenSigner
 from chatsubo.protocol import CloseCode, ErrorCode
+from chatsubo.server.identity import TokenSigner
 from tests.conftest import (
     DEADLINE,
     TEST_SECRET,

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser, async_playwright, expect
 
-from chatsubo.config import ServerConfig
+from chatsubo.server.config import ServerConfig
 from tests.browser import (
     CHROMIUM,
     DENY_MICROPHONE,

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chatsubo import protocol as p
-from chatsubo.config import ServerConfig
+from chatsubo.server.config import ServerConfig
 from tests.conftest import DEADLINE, TEST_SECRET, Client, RunningServer, start_server
 from tests.test_bad_input import server_trouble
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chatsubo.identity import SECRET_ENV, TokenSigner, load_secret, new_peer_id
+from chatsubo.server.identity import SECRET_ENV, TokenSigner, load_secret, new_peer_id
 
 
 def test_peer_ids_are_long_and_distinct() -> None:

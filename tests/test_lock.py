@@ -54,7 +54,8 @@ def requirements(pyproject: dict[str, object], *, test: bool) -> list[Requiremen
     """What ``pyproject.toml`` asks for: the runtime, the build backend, and the test tools."""
     project = pyproject["project"]
     build = pyproject["build-system"]
-    assert isinstance(project, dict) and isinstance(build, dict)
+    assert isinstance(project, dict)
+    assert isinstance(build, dict)
     wanted = [*project["dependencies"], *build["requires"]]
     if test:
         wanted += project["optional-dependencies"]["test"]

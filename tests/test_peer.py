@@ -12,11 +12,11 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
-from chatsubo.audio import AudioOut, ToneSource
 from chatsubo.channels import Chat, Position
-from chatsubo.config import ServerConfig
-from chatsubo.peer import MeshPeer, PeerOptions
-from chatsubo.signaling import SignalingClient, SignalingOptions
+from chatsubo.peer.audio import AudioOut, ToneSource
+from chatsubo.peer.mesh import MeshPeer, PeerOptions
+from chatsubo.peer.signaling import SignalingClient, SignalingOptions
+from chatsubo.server.config import ServerConfig
 from tests.conftest import TEST_SECRET, RunningServer, poll, start_server
 
 #: Links between aiortc peers on loopback connect in well under a second; the

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chatsubo.ratelimit import TokenBucket
+from chatsubo.server.ratelimit import TokenBucket
 
 
 class FakeClock:

@@ -12,8 +12,8 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from chatsubo.audio import FRAME_SAMPLES, AudioOut, EncodedAudioTrack, ToneSource
-from chatsubo.receiving import InlineAudioPath, use_inline_audio_path
+from chatsubo.peer.audio import FRAME_SAMPLES, AudioOut, EncodedAudioTrack, ToneSource
+from chatsubo.peer.receiving import InlineAudioPath, use_inline_audio_path
 from tests.test_audio import audio_call, loopback_connection, peak_hz, until
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
@@ -123,6 +123,6 @@ async def test_installs_on_a_real_receiver_and_a_call_still_delivers() -> None:
 
 
 def test_an_unexpected_receiver_keeps_its_own_path(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, "chatsubo.receiving"):
+    with caplog.at_level(logging.WARNING, "chatsubo.peer.receiving"):
         assert use_inline_audio_path(object()) is False
     assert "keeping its own audio path" in caplog.text

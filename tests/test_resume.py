@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from chatsubo.config import ServerConfig
+from chatsubo.server.config import ServerConfig
 from tests.conftest import (
     TEST_SECRET,
     ClientFactory,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from chatsubo import protocol as p
-from chatsubo.config import ServerConfig
-from chatsubo.signaling import SignalingClient, SignalingError, SignalingOptions, websocket_url
+from chatsubo.peer.signaling import SignalingClient, SignalingError, SignalingOptions, websocket_url
+from chatsubo.server.config import ServerConfig
 from tests.conftest import (
     DEADLINE,
     TEST_SECRET,

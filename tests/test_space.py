@@ -6,7 +6,7 @@ import aiohttp
 import msgspec
 import pytest
 
-from chatsubo.peer import PeerOptions
+from chatsubo.peer.mesh import PeerOptions
 from chatsubo.space import BAR, Space
 from tests.conftest import RunningServer
 

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .protocol import PeerInfo, RoomInfo
+from ..protocol import PeerInfo, RoomInfo
 
 if TYPE_CHECKING:
     from .session import Session

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import resource
 import ssl
 import sys
 from pathlib import Path
@@ -14,32 +12,23 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from . import __version__
+from .. import __version__
+from ..commandline import (
+    add_log_level,
+    configure_logging,
+    positive_float,
+    positive_int,
+    raise_file_limit,
+)
+from ..protocol import IceServer
+from .app import create_app
 from .config import ServerConfig
 from .identity import SECRET_ENV, default_state_dir, load_secret
-from .protocol import IceServer
-from .server import create_app
 from .tls import local_addresses, self_signed_certificate, server_context
 
 logger = logging.getLogger("chatsubo")
 
 _COMMANDS = ("serve",)
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a number above 0."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
 
 
 def _ice_url(text: str) -> str:
@@ -136,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-uvloop", action="store_true", help="use the standard asyncio event loop"
     )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_level(serve)
     return parser
 
 
@@ -165,20 +154,9 @@ def _ice_servers(args: argparse.Namespace) -> list[IceServer]:
     return servers
 
 
-def raise_file_limit() -> None:
-    """Every WebSocket is a file descriptor; the usual soft limit of 1024 is far too low."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        # An unlimited hard limit may still be refused as a soft one.
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def serve(args: argparse.Namespace) -> int:
     """Run the server until SIGINT or SIGTERM."""
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level)
     try:
         secret = load_secret(args.secret_file, args.state_dir)
         ssl_context: ssl.SSLContext | None = None

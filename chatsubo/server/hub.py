@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from msgspec import UnsetType
 
-from . import protocol as p
+from .. import protocol as p
 from .config import ServerConfig
 from .identity import TokenSigner
 from .metrics import Metrics

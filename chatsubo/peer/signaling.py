@@ -20,7 +20,7 @@ import msgspec
 from pyee.asyncio import AsyncIOEventEmitter
 from yarl import URL
 
-from . import protocol as p
+from .. import protocol as p
 
 logger = logging.getLogger(__name__)
 

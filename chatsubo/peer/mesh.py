@@ -31,12 +31,12 @@ from aiortc.rtcconfiguration import RTCBundlePolicy
 from aiortc.sdp import candidate_from_sdp
 from pyee.asyncio import AsyncIOEventEmitter
 
-from . import channels
-from . import protocol as p
+from .. import channels
+from .. import protocol as p
+from ..space import BAR
 from .audio import AudioIn, AudioOut
 from .receiving import use_inline_audio_path
 from .signaling import SignalingClient, SignalingOptions
-from .space import BAR
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class PeerOptions:
     retry_min: float = BAR.peer.retry_min
     retry_max: float = BAR.peer.retry_max
     #: Decode received audio on arrival, in the event loop, rather than through
-    #: aiortc's 80 ms jitter buffer and a thread per stream (see :mod:`chatsubo.receiving`).
+    #: aiortc's 80 ms jitter buffer and a thread per stream (see :mod:`chatsubo.peer.receiving`).
     inline_audio: bool = True
 
 

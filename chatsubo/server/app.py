@@ -8,11 +8,11 @@ from pathlib import Path
 from aiohttp import web
 from yarl import URL
 
-from . import protocol as p
+from .. import protocol as p
+from ..space import space_json
 from .config import ServerConfig
 from .hub import Hub
 from .session import Session
-from .space import space_json
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +24,9 @@ _JSON = "application/json"
 
 def default_web_root() -> Path:
     """The page's files: inside the installed package, or ``web/`` beside a source checkout."""
-    here = Path(__file__).resolve().parent
-    installed = here / "web"
-    return installed if installed.is_dir() else here.parent / "web"
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "web"
+    return installed if installed.is_dir() else package.parent / "web"
 
 
 def create_app(config: ServerConfig, web_root: Path | None = None) -> web.Application:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
-from . import protocol as p
+from .. import protocol as p
 from .identity import new_peer_id
 from .ratelimit import TokenBucket
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .protocol import MAX_MESSAGE_BYTES, IceServer
+from ..protocol import MAX_MESSAGE_BYTES, IceServer
 
 
 @dataclass

@@ -34,7 +34,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from numpy.typing import NDArray
 
-from .space import BAR, OPUS_BITRATE, DistanceModel
+from ..space import BAR, OPUS_BITRATE, DistanceModel
 
 logger = logging.getLogger(__name__)
 

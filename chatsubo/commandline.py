@@ -1,0 +1,47 @@
+"""What both command lines share, ``chatsubo serve`` and the bot: argument types and logging."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import resource
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def add_log_level(parser: argparse.ArgumentParser) -> None:
+    """The ``--log-level`` option, as both commands spell it."""
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+
+
+def configure_logging(level: str) -> None:
+    """Log lines with a time, a level and the logger's name, to stderr."""
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def raise_file_limit() -> None:
+    """Every socket is a file descriptor; the usual soft limit of 1024 is far too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        # An unlimited hard limit may still be refused as a soft one.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
