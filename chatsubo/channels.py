@@ -2,7 +2,8 @@
 
 Both channels are negotiated out of band (``negotiated: true``) with fixed
 ids, so neither side has to announce them. ``docs/protocol.md`` documents
-them; browsers read the same numbers from ``/api/space``.
+them; browsers read the same numbers from ``/api/space`` and validate the same
+shapes (``web/channels.js``), checked against ``tests/fixtures/peer-messages.json``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from typing import Annotated, Final, TypeVar
 
 import msgspec
 
-from .protocol import UNDECODABLE
+from .protocol import UNDECODABLE, ZONE_MAX_CHARS
 
 CHAT_MAX_CHARS: Final = 500
-#: Larger messages are dropped unread: nothing valid comes near this.
+CHAT_ID_MAX_CHARS: Final = 64
+#: Larger messages, in UTF-8 bytes, are dropped unread: nothing valid comes near this.
 MAX_CHANNEL_MESSAGE_BYTES: Final = 4096
 #: Position updates a peer sends at most, per second.
 POSITION_RATE: Final = 10.0
@@ -42,7 +44,7 @@ class ChannelMessage(msgspec.Struct, tag_field="type", rename="camel", omit_defa
 class Chat(ChannelMessage, tag="chat"):
     """A line of chat; ``id`` is unique per sender, ``ts`` is milliseconds since the epoch."""
 
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=CHAT_ID_MAX_CHARS)]
     text: Annotated[str, msgspec.Meta(min_length=1, max_length=CHAT_MAX_CHARS)]
     ts: float
 
@@ -54,36 +56,40 @@ class Position(ChannelMessage, tag="pos"):
     y: float
     seq: Annotated[int, msgspec.Meta(ge=0)]
     ts: float
-    zone: Annotated[str, msgspec.Meta(max_length=32)] | None = None
+    zone: Annotated[str, msgspec.Meta(max_length=ZONE_MAX_CHARS)] | None = None
 
 
 M = TypeVar("M", bound=ChannelMessage)
 
-_chat_decoder = msgspec.json.Decoder(Chat)
-_state_decoder = msgspec.json.Decoder(Position)
+#: Through the union, so that the ``type`` tag is required, not only checked when present.
+_decoder: msgspec.json.Decoder[Chat | Position] = msgspec.json.Decoder(Chat | Position)
 
 
 class ChannelError(ValueError):
     """A data channel message that is malformed, oversized or unknown."""
 
 
-def _decode(decoder: msgspec.json.Decoder[M], data: str | bytes) -> M:
-    if len(data) > MAX_CHANNEL_MESSAGE_BYTES:
-        raise ChannelError(f"message of {len(data)} bytes is over {MAX_CHANNEL_MESSAGE_BYTES}")
+def _decode(kind: type[M], data: str | bytes) -> M:
+    size = len(data.encode()) if isinstance(data, str) else len(data)
+    if size > MAX_CHANNEL_MESSAGE_BYTES:
+        raise ChannelError(f"message of {size} bytes is over {MAX_CHANNEL_MESSAGE_BYTES}")
     try:
-        return decoder.decode(data)
+        message = _decoder.decode(data)
     except UNDECODABLE as exc:
         raise ChannelError(str(exc)) from None
+    if not isinstance(message, kind):
+        raise ChannelError(f"a {message.__struct_config__.tag} message does not belong here")
+    return message
 
 
 def decode_chat(data: str | bytes) -> Chat:
     """Validate a message from the ``chat`` channel."""
-    return _decode(_chat_decoder, data)
+    return _decode(Chat, data)
 
 
 def decode_position(data: str | bytes) -> Position:
     """Validate a message from the ``state`` channel."""
-    return _decode(_state_decoder, data)
+    return _decode(Position, data)
 
 
 def encode(message: ChannelMessage) -> str:

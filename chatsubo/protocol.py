@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, UnsetType
@@ -253,6 +253,41 @@ ServerMessage = (
 )
 
 
+# --- Peer signals: what ``signal.data`` carries from one peer to another -------
+#
+# The server relays ``data`` untouched; peers decode it with
+# :func:`decode_peer_signal`. Browsers validate the same shapes (web/protocol.js).
+
+#: A trickled candidate's line: ``candidate:...``, or empty for the end of candidates.
+CANDIDATE_PATTERN: Final = r"^(?:candidate:[^\r\n]*)?\Z"
+
+
+class SessionDescription(msgspec.Struct, frozen=True):
+    """An offer or an answer, as ``RTCSessionDescription.toJSON()`` gives it."""
+
+    type: Literal["offer", "answer"]
+    sdp: str
+
+
+class IceCandidate(msgspec.Struct, rename="camel", omit_defaults=True, frozen=True):
+    """A trickled candidate, as ``RTCIceCandidate.toJSON()`` gives it."""
+
+    candidate: Annotated[str, Meta(pattern=CANDIDATE_PATTERN)]
+    sdp_mid: str | None = None
+    sdp_m_line_index: Annotated[int, Meta(ge=0, le=65535)] | None = None
+    username_fragment: str | None = None
+
+
+#: What one signal says: a description, a candidate, or None for the end of candidates.
+PeerSignal = SessionDescription | IceCandidate | None
+
+
+class _SignalShape(msgspec.Struct):
+    """Only what tells the shapes apart: descriptions have a ``type``, candidates do not."""
+
+    type: str | None = None
+
+
 class ProtocolError(Exception):
     """A frame that does not decode to a valid message."""
 
@@ -265,6 +300,11 @@ class ProtocolError(Exception):
 #: What msgspec raises for bad input: DecodeError, RecursionError for deeply
 #: nested values it skips or keeps raw, UnicodeError for lone surrogates.
 UNDECODABLE = (msgspec.DecodeError, RecursionError, UnicodeError)
+_signal_shape_decoder: msgspec.json.Decoder[_SignalShape | None] = msgspec.json.Decoder(
+    _SignalShape | None
+)
+_description_decoder = msgspec.json.Decoder(SessionDescription)
+_candidate_decoder = msgspec.json.Decoder(IceCandidate)
 _client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
 _server_decoder: msgspec.json.Decoder[ServerMessage] = msgspec.json.Decoder(ServerMessage)
 _encoder = msgspec.json.Encoder()
@@ -284,6 +324,20 @@ def decode_server(frame: str | bytes) -> ServerMessage:
         return _server_decoder.decode(frame)
     except UNDECODABLE as exc:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
+
+
+def decode_peer_signal(data: bytes | str) -> PeerSignal:
+    """Decode and validate a signal's ``data``; an empty candidate comes back as None, the end."""
+    try:
+        shape = _signal_shape_decoder.decode(data)
+        if shape is None:
+            return None
+        if shape.type is not None:
+            return _description_decoder.decode(data)
+        candidate = _candidate_decoder.decode(data)
+    except UNDECODABLE as exc:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
+    return candidate if candidate.candidate else None
 
 
 def encode(message: ClientMessage | ServerMessage | Any) -> bytes:

@@ -1,7 +1,7 @@
 """Mouth-to-ear latency between two Python peers, by chirps and cross-correlation.
 
 It measures twice, side by side: with the peer's inline audio receive path
-(chatsubo/receiving.py) and with aiortc's own (which waits for four frames).
+(chatsubo/peer/receiving.py) and with aiortc's own (which waits for four frames).
 The speaker's voice is silence with a short chirp every quarter second. The
 source notes the host-clock moment each chirp's frame is handed to the sender
 (the "mouth"). The listener notes the moment each decoded frame arrives (the

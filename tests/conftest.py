@@ -43,6 +43,15 @@ class RunningServer:
     def hub(self) -> Hub:
         return self.runner.app[HUB]
 
+    def peer_ids(self) -> set[str]:
+        """Everyone in a room on this server, those away included."""
+        return {m.peer_id for m in self.hub.members()}
+
+    def zone_of(self, peer_id: str | None) -> str | None:
+        """The zone the server has for ``peer_id``; None for none, or for no such member."""
+        member = self.hub.member(peer_id or "")
+        return None if member is None else member.zone
+
     async def stop(self) -> None:
         await self.runner.cleanup()
 

@@ -263,7 +263,7 @@ async def test_page_rides_out_a_server_restart(
         )
         await expect(case.status).not_to_contain_text("Reconnecting")
         # Both came back under their old ids, and the link between them never noticed.
-        await poll(lambda: {case_id, bot_id} <= restarted.hub.members.keys(), MESH_DEADLINE)
+        await poll(lambda: {case_id, bot_id} <= restarted.peer_ids(), MESH_DEADLINE)
         assert await case.page.evaluate(
             "id => window.chatsubo.peer.links.get(id).pc === window.__pc", bot_id
         ), "the link to the bot was replaced"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,12 +13,13 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
+from chatsubo import protocol as p
 from chatsubo.channels import Chat, Position
 from chatsubo.peer.audio import AudioOut, ToneSource
 from chatsubo.peer.mesh import MeshPeer, PeerOptions
 from chatsubo.peer.signaling import SignalingClient, SignalingOptions
 from chatsubo.server.config import ServerConfig
-from tests.conftest import TEST_SECRET, RunningServer, poll, start_server
+from tests.conftest import TEST_SECRET, ClientFactory, RunningServer, poll, start_server
 
 #: Links between aiortc peers on loopback connect in well under a second; the
 #: margin is for two busy shared cores.
@@ -161,7 +163,7 @@ async def test_mesh_survives_a_server_restart(make_peer: PeerMaker) -> None:
         await _full_mesh([a, b])
         # The same connections: nothing was renegotiated.
         assert (a.links[b.peer_id or ""].pc, b.links[a.peer_id or ""].pc) == pcs
-        await poll(lambda: server.hub.rooms["mesh"].members.keys() == set(ids))
+        await poll(lambda: {m.peer_id for m in server.hub.members("mesh")} == set(ids))
     finally:
         await server.stop()
 
@@ -270,15 +272,15 @@ async def test_trickled_candidates_from_a_browser_like_peer(
         sdp = "\r\n".join(line for line in lines if not line.startswith(trickled)) + "\r\n"
         candidates = [line[2:] for line in lines if line.startswith("a=candidate")]
         assert bot.peer_id is not None
+
         # Early candidates first: the bot must hold them until the offer is applied.
-        await browser.signal(
-            bot.peer_id, {"candidate": candidates[0], "sdpMid": "0", "sdpMLineIndex": 0}
-        )
-        await browser.signal(bot.peer_id, {"type": "offer", "sdp": sdp})
+        def candidate_signal(line: str) -> p.IceCandidate:
+            return p.IceCandidate(candidate=line, sdp_mid="0", sdp_m_line_index=0)
+
+        await browser.signal(bot.peer_id, candidate_signal(candidates[0]))
+        await browser.signal(bot.peer_id, p.SessionDescription(type="offer", sdp=sdp))
         for candidate in candidates[1:]:
-            await browser.signal(
-                bot.peer_id, {"candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0}
-            )
+            await browser.signal(bot.peer_id, candidate_signal(candidate))
         await browser.signal(bot.peer_id, None)
         await poll(lambda: bool(answers))
         await pc.setRemoteDescription(
@@ -310,3 +312,33 @@ async def test_a_link_that_never_connects_is_offered_again(
         assert len({o["sdp"] for o in offers}) == len(offers), "each retry is a new connection"
     finally:
         await silent.close()
+
+
+async def test_malformed_signals_are_dropped_and_leave_the_link_untouched(
+    server: RunningServer,
+    make_peer: PeerMaker,
+    connect: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="chatsubo.peer.mesh")
+    bot = make_peer("Bot")
+    await bot.start()
+    raw = await connect(server)
+    await raw.join("mesh", "Raw")
+    await poll(lambda: raw.peer_id in bot.links)
+    malformed: list[Any] = [
+        {"type": "offer"},
+        {"type": "rollback", "sdp": ""},
+        {"candidate": 5},
+        {"candidate": "typ host"},
+        {"sdpMid": "0"},
+        "offer",
+        [1],
+    ]
+    for data in malformed:
+        await raw.send({"type": "signal", "to": bot.peer_id, "data": data})
+    await poll(lambda: caplog.text.count("dropping a malformed signal") == len(malformed))
+    link = bot.links[raw.peer_id]
+    assert link.pc.signalingState == "stable"
+    assert link.pc.remoteDescription is None
+    assert link.pending_candidates == []

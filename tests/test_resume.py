@@ -68,7 +68,7 @@ async def test_grace_expiry_announces_timeout(
     b.drop()
     left = await a.expect("peer_left")
     assert left == {"type": "peer_left", "peerId": b.peer_id, "reason": "timeout"}
-    assert server.hub.members.keys() == {a.peer_id}
+    assert [m.peer_id for m in server.hub.members()] == [a.peer_id]
 
 
 async def test_resume_replaces_a_half_open_connection(
@@ -80,7 +80,10 @@ async def test_resume_replaces_a_half_open_connection(
     assert listed["peerId"] == b.peer_id
     assert await b.closed() == 4000
     assert await a.sync() == []
-    assert server.hub.rooms["r"].members[b.peer_id].session is not None
+    member = server.hub.member(b.peer_id)
+    assert member is not None
+    assert member.room_id == "r"
+    assert not member.away
 
 
 async def test_resume_with_new_name_announces_the_update(
@@ -159,4 +162,9 @@ def _config() -> ServerConfig:
 
 async def _poll_away(server: RunningServer, peer_id: str) -> None:
     """Wait until the server has noticed that ``peer_id``'s socket is gone."""
-    await poll(lambda: server.hub.members[peer_id].session is None)
+
+    def away() -> bool:
+        member = server.hub.member(peer_id)
+        return member is not None and member.away
+
+    await poll(away)

@@ -3,7 +3,7 @@
 
 import { SpatialAudio } from "./audio.js";
 import { BarMap } from "./map.js";
-import { MeshPeer } from "./peer.js";
+import { MeshPeer } from "./mesh.js";
 import { SignalingClient } from "./signaling.js";
 import { loadSpace, zoneAt } from "./space.js";
 

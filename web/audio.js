@@ -1,5 +1,5 @@
 // Spatial audio: every remote voice placed around the listener with Web Audio,
-// the browser's twin of SpatialMixer in chatsubo/audio.py. Both use the
+// the browser's twin of SpatialMixer in chatsubo/peer/audio.py. Both use the
 // distance model served at /api/space.
 
 import { distanceGain } from "./space.js";

@@ -1,5 +1,5 @@
 // A mesh peer: one RTCPeerConnection to every other peer in the room, the
-// twin of chatsubo/peer.py. The newcomer offers to everyone in its peer_list;
+// twin of chatsubo/peer/mesh.py. The newcomer offers to everyone in its peer_list;
 // the others answer. A link that does not connect in time, or fails later, is
 // replaced with backoff. Links outlive signaling outages: after a rejoin,
 // healthy links are kept as they are. docs/protocol.md ("Peer to peer")

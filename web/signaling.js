@@ -1,4 +1,4 @@
-// The page's link to the signaling server, the twin of chatsubo/signaling.py.
+// The page's link to the signaling server, the twin of chatsubo/peer/signaling.py.
 //
 // One WebSocket for the whole visit: it watches the lobby, joins a room and
 // relays that room's signals. When it drops it reconnects with backoff and

@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCDataChannel,
+    RTCIceCandidate,
     RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
@@ -70,8 +70,9 @@ class Link:
     chat: RTCDataChannel | None = None
     state: RTCDataChannel | None = None
     audio_in: AudioIn | None = None
-    signals: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-    pending_candidates: list[Any] = field(default_factory=list)
+    signals: asyncio.Queue[p.PeerSignal] = field(default_factory=asyncio.Queue)
+    #: Candidates that came before the remote description; None is the end of them.
+    pending_candidates: list[p.IceCandidate | None] = field(default_factory=list)
     failures: int = 0
     position: channels.Position | None = None
     #: Position updates sent on this link, and received (valid ones, stale or not).
@@ -234,14 +235,16 @@ class MeshPeer(AsyncIOEventEmitter):
             self._spawn(self._close_link(link))
 
     def _on_signal(self, message: p.RelayedSignal) -> None:
+        try:
+            signal = p.decode_peer_signal(bytes(message.data))
+        except p.ProtocolError as exc:
+            logger.debug("dropping a malformed signal from %s: %s", message.from_, exc.message)
+            return
         link = self.links.get(message.from_)
         if link is None:
             name = self.present.get(message.from_, message.from_)
             link = self._open_link(message.from_, name, offerer=False)
-        try:
-            link.signals.put_nowait(msgspec.json.decode(bytes(message.data)))
-        except msgspec.DecodeError:
-            logger.debug("dropping an undecodable signal from %s", message.from_)
+        link.signals.put_nowait(signal)
 
     # --- links ---------------------------------------------------------------------
 
@@ -364,7 +367,9 @@ class MeshPeer(AsyncIOEventEmitter):
         self._add_audio(pc, offering=True)
         self._open_channels(link)
         await pc.setLocalDescription(await pc.createOffer())
-        await self.signaling.signal(link.peer_id, {"type": "offer", "sdp": pc.localDescription.sdp})
+        await self.signaling.signal(
+            link.peer_id, p.SessionDescription(type="offer", sdp=pc.localDescription.sdp)
+        )
 
     async def _process_signals(self, link: Link) -> None:
         """Apply one peer's signals strictly in order."""
@@ -375,30 +380,25 @@ class MeshPeer(AsyncIOEventEmitter):
             except Exception as exc:
                 logger.info("bad signal from %s: %s", link.name, exc)
 
-    async def _apply(self, link: Link, data: Any) -> None:
-        if isinstance(data, dict) and data.get("type") in ("offer", "answer"):
-            description = RTCSessionDescription(sdp=str(data["sdp"]), type=data["type"])
-            if description.type == "offer":
-                await self._answer(link, description)
-            elif link.pc.signalingState == "have-local-offer":
-                await link.pc.setRemoteDescription(description)
-                await self._flush_candidates(link)
-            return
-        if data is None or (isinstance(data, dict) and not data.get("candidate")):
-            if link.pc.remoteDescription is None:
-                link.pending_candidates.append(None)
-            else:
-                await link.pc.addIceCandidate(None)
-            return
-        if link.pc.remoteDescription is None:
-            link.pending_candidates.append(data)
-        else:
-            await link.pc.addIceCandidate(_candidate(data))
+    async def _apply(self, link: Link, signal: p.PeerSignal) -> None:
+        match signal:
+            case p.SessionDescription(type="offer"):
+                await self._answer(link, RTCSessionDescription(sdp=signal.sdp, type="offer"))
+            case p.SessionDescription():
+                if link.pc.signalingState == "have-local-offer":
+                    await link.pc.setRemoteDescription(
+                        RTCSessionDescription(sdp=signal.sdp, type="answer")
+                    )
+                    await self._flush_candidates(link)
+            case _ if link.pc.remoteDescription is None:
+                link.pending_candidates.append(signal)
+            case _:
+                await link.pc.addIceCandidate(_candidate(signal))
 
     async def _flush_candidates(self, link: Link) -> None:
         pending, link.pending_candidates = link.pending_candidates, []
-        for data in pending:
-            await link.pc.addIceCandidate(None if data is None else _candidate(data))
+        for candidate in pending:
+            await link.pc.addIceCandidate(_candidate(candidate))
 
     async def _answer(self, link: Link, offer: RTCSessionDescription) -> None:
         """Answer an offer; an offer always starts the link afresh."""
@@ -411,7 +411,7 @@ class MeshPeer(AsyncIOEventEmitter):
         self._open_channels(link)
         await pc.setLocalDescription(await pc.createAnswer())
         await self.signaling.signal(
-            link.peer_id, {"type": "answer", "sdp": pc.localDescription.sdp}
+            link.peer_id, p.SessionDescription(type="answer", sdp=pc.localDescription.sdp)
         )
 
     async def _reset(self, link: Link) -> None:
@@ -466,9 +466,11 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         logger.error("background task failed", exc_info=task.exception())
 
 
-def _candidate(data: Any) -> Any:
-    """A browser's trickled candidate as aiortc wants it."""
-    candidate = candidate_from_sdp(str(data["candidate"]).split(":", 1)[1])
-    candidate.sdpMid = data.get("sdpMid")
-    candidate.sdpMLineIndex = data.get("sdpMLineIndex")
+def _candidate(signal: p.IceCandidate | None) -> RTCIceCandidate | None:
+    """A browser's trickled candidate as aiortc wants it; None stays the end of candidates."""
+    if signal is None:
+        return None
+    candidate = candidate_from_sdp(signal.candidate.split(":", 1)[1])
+    candidate.sdpMid = signal.sdp_mid
+    candidate.sdpMLineIndex = signal.sdp_m_line_index
     return candidate

@@ -13,7 +13,6 @@ import logging
 import random
 import ssl
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import msgspec
@@ -135,7 +134,7 @@ class SignalingClient(AsyncIOEventEmitter):
 
     # --- requests --------------------------------------------------------------
 
-    async def signal(self, to: str, data: Any) -> bool:
+    async def signal(self, to: str, data: p.PeerSignal) -> bool:
         """Send ``data`` to peer ``to``; False when the server cannot be reached right now."""
         return await self._send(p.Signal(to=to, data=msgspec.Raw(p.encode(data))))
 

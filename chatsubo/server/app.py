@@ -103,7 +103,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             f"origin {request.headers.get('Origin')} is not allowed",
         )
         return ws
-    if len(hub.sessions) >= config.max_connections:
+    if hub.connections() >= config.max_connections:
         await _refuse(
             hub,
             ws,
@@ -145,9 +145,9 @@ async def healthz(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     body = {
         "status": "ok",
-        "connections": len(hub.sessions),
-        "rooms": len(hub.rooms),
-        "peers": len(hub.members),
+        "connections": hub.connections(),
+        "rooms": hub.state.room_count,
+        "peers": hub.state.member_count,
     }
     return web.Response(body=p.encode(body), content_type=_JSON)
 

@@ -8,14 +8,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from msgspec import UnsetType
-
 from .. import protocol as p
 from .config import ServerConfig
 from .identity import TokenSigner
 from .metrics import Metrics
-from .rooms import Member, Room
-from .session import HEARTBEAT_TICKS
+from .rooms import Member, RoomState
+from .session import HEARTBEAT_TICKS, Ending
 
 if TYPE_CHECKING:
     from .session import Session
@@ -24,19 +22,29 @@ logger = logging.getLogger(__name__)
 
 
 class Hub:
-    """Owns the server's state. Sessions call it; it decides and tells the others."""
+    """Owns the server's state and alone changes membership.
+
+    Sessions call it with what their clients asked for and with how their
+    sockets ended; it decides, and tells the others. Rooms and members are
+    plain data in :class:`RoomState`; beside them the hub keeps what is live:
+    the socket that speaks for each member, and the timer that ends a dropped
+    member's grace period.
+    """
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.signer = TokenSigner(config.secret)
-        self.sessions: set[Session] = set()
-        self.rooms: dict[str, Room] = {}
-        self.members: dict[str, Member] = {}
-        self.watchers: set[Session] = set()
+        self.state = RoomState()
+        self._sessions: set[Session] = set()
+        #: The live connection of each member that has one.
+        self._live: dict[str, Session] = {}
+        #: Ends the grace period of each member that is away.
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._watchers: set[Session] = set()
         self.metrics = Metrics(
-            connections=lambda: len(self.sessions),
-            rooms=lambda: len(self.rooms),
-            peers=lambda: len(self.members),
+            connections=self.connections,
+            rooms=lambda: self.state.room_count,
+            peers=lambda: self.state.member_count,
         )
         self.limits = p.Limits(
             max_room_size=config.max_room_size,
@@ -47,6 +55,24 @@ class Hub:
         self._lobby_dirty = asyncio.Event()
         self._lobby_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+
+    # --- queries -------------------------------------------------------------
+
+    def connections(self) -> int:
+        """Open signaling sockets."""
+        return len(self._sessions)
+
+    def member(self, peer_id: str) -> Member | None:
+        """Where ``peer_id`` is, as data: its room, name, zone, and whether it is away."""
+        return self.state.member(peer_id)
+
+    def members(self, room_id: str | None = None) -> list[Member]:
+        """Everyone in ``room_id``, or everyone anywhere, those away included."""
+        return self.state.members(room_id)
+
+    def room_list(self) -> list[p.RoomInfo]:
+        """Every room with its counts, sorted by name."""
+        return self.state.room_list(self.config.max_room_size)
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -63,13 +89,13 @@ class Hub:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        for member in self.members.values():
-            if member.expiry is not None:
-                member.expiry.cancel()
+        for timer in self._expiry.values():
+            timer.cancel()
+        self._expiry.clear()
         await asyncio.gather(
             *(
                 s.close(p.CloseCode.SERVICE_RESTART, "server restarting")
-                for s in list(self.sessions)
+                for s in list(self._sessions)
             ),
             return_exceptions=True,
         )
@@ -78,7 +104,7 @@ class Hub:
 
     def welcome(self, session: Session) -> p.Welcome:
         """Register a new connection and greet it."""
-        self.sessions.add(session)
+        self._sessions.add(session)
         self.metrics.connections_total.inc()
         return p.Welcome(
             peer_id=session.peer_id,
@@ -87,50 +113,71 @@ class Hub:
             limits=self.limits,
         )
 
-    def disconnect(self, session: Session, *, clean: bool) -> None:
-        """A connection ended. A clean close leaves the room; any other keeps the place a while."""
-        self.sessions.discard(session)
-        self.watchers.discard(session)
-        member = session.member
-        session.member = None
-        if member is None or member.session is not session or self.closing:
+    def disconnect(self, session: Session, ending: Ending) -> None:
+        """A connection ended. A clean close leaves the room; a drop keeps the place a while.
+
+        Called again for the same session (a kick, then the socket's end), it does nothing.
+        """
+        if session not in self._sessions:
             return
-        if clean:
-            self.remove(member, p.LeaveReason.CLOSED)
+        self._sessions.discard(session)
+        self._watchers.discard(session)
+        peer_id = session.peer_id
+        if self._live.get(peer_id) is not session or self.closing:
             return
-        member.session = None
-        member.expiry = asyncio.create_task(self._expire(member))
-        logger.info(
-            "peer %s dropped from %s; holding its place", member.peer_id, member.room.room_id
-        )
+        del self._live[peer_id]
+        if ending is Ending.DROPPED:
+            self._hold(peer_id)
+        else:
+            reason = p.LeaveReason.KICKED if ending is Ending.KICKED else p.LeaveReason.CLOSED
+            self._remove(peer_id, reason)
+
+    def _hold(self, peer_id: str) -> None:
+        """Keep a dropped member's place for the grace period, silently for the room."""
+        grace = self.config.grace
+        member = self.state.update(peer_id, away_until=time.time() + grace)
+        self._expiry[peer_id] = asyncio.get_running_loop().call_later(grace, self._expire, peer_id)
+        logger.info("peer %s dropped from %s; holding its place", peer_id, member.room_id)
+
+    def _expire(self, peer_id: str) -> None:
+        self._expiry.pop(peer_id, None)
+        try:
+            self._remove(peer_id, p.LeaveReason.TIMEOUT)
+        except Exception:
+            logger.exception("failed to remove peer %s after its grace period", peer_id)
 
     async def _run_heartbeat(self) -> None:
         """Give every session its heartbeat check, ``HEARTBEAT_TICKS`` times a period."""
         while True:
             await asyncio.sleep(self.config.heartbeat / HEARTBEAT_TICKS)
-            for session in list(self.sessions):
+            for session in list(self._sessions):
                 try:
                     session.heartbeat()
                 except Exception:
                     logger.exception("heartbeat of peer %s failed", session.peer_id)
 
-    async def _expire(self, member: Member) -> None:
-        await asyncio.sleep(self.config.grace)
-        member.expiry = None
-        try:
-            self.remove(member, p.LeaveReason.TIMEOUT)
-        except Exception:
-            logger.exception("failed to remove peer %s after its grace period", member.peer_id)
-
     # --- rooms ---------------------------------------------------------------
+
+    def seat(self, session: Session) -> Member | None:
+        """The member ``session`` speaks for, if it is in a room."""
+        if self._live.get(session.peer_id) is not session:
+            return None
+        return self.state.member(session.peer_id)
+
+    def _seat_of(self, session: Session) -> Member:
+        member = self.seat(session)
+        if member is None:
+            raise p.ProtocolError(p.ErrorCode.NOT_IN_ROOM, "join a room first")
+        return member
 
     def join(self, session: Session, msg: p.Join) -> None:
         """Put ``session`` in a room, resuming its old identity if it proves one."""
         started = time.perf_counter()
-        if session.member is not None:
+        seated = self.seat(session)
+        if seated is not None:
             raise p.ProtocolError(
                 p.ErrorCode.ALREADY_JOINED,
-                f"already in room {session.member.room.room_id}; send leave first",
+                f"already in room {seated.room_id}; send leave first",
             )
         peer_id = session.peer_id
         if msg.resume is not None:
@@ -140,12 +187,11 @@ class Hub:
                     p.ErrorCode.BAD_RESUME, "resume token is invalid or expired; join without it"
                 )
             peer_id = claimed
-        member = self.members.get(peer_id)
-        if member is not None and member.room.room_id == msg.room_id:
-            self._reattach(session, member, msg.name)
+        member = self.state.member(peer_id)
+        if member is not None and member.room_id == msg.room_id:
+            member = self._reattach(session, member, msg.name)
         else:
-            room = self.rooms.get(msg.room_id)
-            if room is not None and len(room.members) >= self.config.max_room_size:
+            if self.state.size(msg.room_id) >= self.config.max_room_size:
                 raise p.ProtocolError(
                     p.ErrorCode.ROOM_FULL,
                     f"room {msg.room_id} is full ({self.config.max_room_size} people)",
@@ -153,151 +199,132 @@ class Hub:
             if member is not None:
                 # The token's peer is in another room: it moves, and its old
                 # connection, if any, gives way to this one.
-                previous = member.session
-                self.remove(member, p.LeaveReason.LEAVE)
-                if previous is not None and previous is not session:
+                previous = self._live.get(peer_id)
+                self._remove(peer_id, p.LeaveReason.LEAVE)
+                if previous is not None:
                     previous.end(p.CloseCode.REPLACED, "replaced by a newer connection")
-            if room is None:
-                room = self.rooms[msg.room_id] = Room(msg.room_id)
-            member = Member(peer_id=peer_id, name=msg.name, room=room, session=session)
-            room.members[peer_id] = member
-            self.members[peer_id] = member
-            session.member = member
+            member = Member(peer_id=peer_id, name=msg.name, room_id=msg.room_id)
+            self.state.add(member)
+            self._live[peer_id] = session
             session.peer_id = peer_id
             self._broadcast(
-                room,
+                member.room_id,
                 p.PeerJoined(
                     peer_id=peer_id,
                     name=member.name,
                     joined_at=member.joined_at,
                     resumed=msg.resume is not None,
                 ),
-                exclude=member,
+                exclude=peer_id,
             )
-            logger.info("peer %s (%s) joined %s", peer_id, member.name, room.room_id)
+            logger.info("peer %s (%s) joined %s", peer_id, member.name, member.room_id)
         session.send_message(
             p.PeerList(
-                room_id=member.room.room_id,
+                room_id=member.room_id,
                 peer_id=peer_id,
-                peers=[m.info() for m in member.room.others(member)],
+                peers=[m.info() for m in self.state.members(member.room_id) if m is not member],
                 resume_token=self.signer.issue(peer_id),
             )
         )
         self.metrics.join_latency.observe(time.perf_counter() - started)
         self._lobby_dirty.set()
 
-    def _reattach(self, session: Session, member: Member, name: str) -> None:
+    def _reattach(self, session: Session, member: Member, name: str) -> Member:
         """Give a member who is still in the room its new connection, silently for the others."""
-        if member.expiry is not None:
-            member.expiry.cancel()
-            member.expiry = None
-        previous = member.session
-        member.session = session
-        session.member = member
-        session.peer_id = member.peer_id
+        peer_id = member.peer_id
+        timer = self._expiry.pop(peer_id, None)
+        if timer is not None:
+            timer.cancel()
+        previous = self._live.get(peer_id)
+        self._live[peer_id] = session
+        session.peer_id = peer_id
         if previous is not None:
-            previous.member = None
             previous.end(p.CloseCode.REPLACED, "replaced by a newer connection")
-        logger.info("peer %s resumed in %s", member.peer_id, member.room.room_id)
+        logger.info("peer %s resumed in %s", peer_id, member.room_id)
+        member = self.state.update(peer_id, away_until=None)
         if name != member.name:
-            member.name = name
+            member = self.state.update(peer_id, name=name)
             self._announce_update(member)
+        return member
 
-    def leave(self, session: Session, reason: p.LeaveReason) -> None:
+    def leave(self, session: Session) -> None:
         """Take ``session`` out of its room."""
-        member = session.member
+        member = self.seat(session)
         if member is None:
             raise p.ProtocolError(p.ErrorCode.NOT_IN_ROOM, "not in a room")
-        session.member = None
-        self.remove(member, reason)
+        self._remove(member.peer_id, p.LeaveReason.LEAVE)
 
-    def remove(self, member: Member, reason: p.LeaveReason) -> None:
-        """Remove a member and tell the room at once."""
-        room = member.room
-        if room.members.get(member.peer_id) is not member:
+    def _remove(self, peer_id: str, reason: p.LeaveReason) -> None:
+        """Remove a member, with its live connection and grace timer, and tell the room at once."""
+        timer = self._expiry.pop(peer_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._live.pop(peer_id, None)
+        member = self.state.remove(peer_id)
+        if member is None:
             return
-        if member.expiry is not None:
-            member.expiry.cancel()
-            member.expiry = None
-        if member.session is not None and member.session.member is member:
-            member.session.member = None
-        member.session = None
-        del room.members[member.peer_id]
-        self.members.pop(member.peer_id, None)
-        if not room.members:
-            del self.rooms[room.room_id]
-        logger.info("peer %s left %s (%s)", member.peer_id, room.room_id, reason.value)
-        self._broadcast(room, p.PeerLeft(peer_id=member.peer_id, reason=reason))
+        logger.info("peer %s left %s (%s)", peer_id, member.room_id, reason.value)
+        self._broadcast(member.room_id, p.PeerLeft(peer_id=peer_id, reason=reason))
         self._lobby_dirty.set()
 
     def update(self, session: Session, msg: p.Update) -> None:
         """Change a member's name or zone and tell the room."""
-        member = self._member_of(session)
-        if isinstance(msg.name, str):
-            member.name = msg.name
-        if not isinstance(msg.zone, UnsetType):
-            member.zone = msg.zone
+        member = self._seat_of(session)
+        member = self.state.update(member.peer_id, name=msg.name, zone=msg.zone)
         self._announce_update(member)
         self._lobby_dirty.set()
 
     def _announce_update(self, member: Member) -> None:
         self._broadcast(
-            member.room, p.PeerUpdated(peer_id=member.peer_id, name=member.name, zone=member.zone)
+            member.room_id,
+            p.PeerUpdated(peer_id=member.peer_id, name=member.name, zone=member.zone),
         )
 
     def relay(self, session: Session, msg: p.Signal) -> None:
         """Pass a signal to its addressee, if and only if it is in the sender's room."""
-        member = self._member_of(session)
-        target = member.room.members.get(msg.to)
-        if target is None or target is member:
+        sender = self._seat_of(session)
+        target = self.state.member(msg.to)
+        if target is None or target.room_id != sender.room_id or target.peer_id == sender.peer_id:
             raise p.ProtocolError(
-                p.ErrorCode.UNKNOWN_PEER, f"no peer {msg.to!r} in room {member.room.room_id}"
+                p.ErrorCode.UNKNOWN_PEER, f"no peer {msg.to!r} in room {sender.room_id}"
             )
-        if target.session is None:
+        connection = self._live.get(msg.to)
+        if connection is None:
             raise p.ProtocolError(
                 p.ErrorCode.UNKNOWN_PEER, f"peer {msg.to!r} is reconnecting; signal not delivered"
             )
-        target.session.send(p.encode(p.RelayedSignal(from_=member.peer_id, data=msg.data)))
+        connection.send(p.encode(p.RelayedSignal(from_=sender.peer_id, data=msg.data)))
         self.metrics.relayed += 1
 
-    def _member_of(self, session: Session) -> Member:
-        if session.member is None:
-            raise p.ProtocolError(p.ErrorCode.NOT_IN_ROOM, "join a room first")
-        return session.member
-
     def _broadcast(
-        self, room: Room, message: p.ServerMessage, exclude: Member | None = None
+        self, room_id: str, message: p.ServerMessage, exclude: str | None = None
     ) -> None:
         data = p.encode(message)
-        for m in list(room.members.values()):
-            if m is not exclude and m.session is not None:
-                m.session.send(data)
+        for member in self.state.members(room_id):
+            connection = self._live.get(member.peer_id)
+            if connection is not None and member.peer_id != exclude:
+                connection.send(data)
 
     # --- lobby ---------------------------------------------------------------
 
-    def room_list(self) -> list[p.RoomInfo]:
-        """Every room with its counts, sorted by name."""
-        capacity = self.config.max_room_size
-        return [self.rooms[r].info(capacity) for r in sorted(self.rooms)]
-
     def watch(self, session: Session) -> None:
         """Send the room list now and on every change."""
-        self.watchers.add(session)
+        self._watchers.add(session)
         session.send_message(p.Rooms(rooms=self.room_list()))
 
     def unwatch(self, session: Session) -> None:
         """Stop sending the room list to ``session``."""
-        self.watchers.discard(session)
+        self._watchers.discard(session)
 
     async def _run_lobby(self) -> None:
         """Broadcast the room list after changes, at most once per ``lobby_interval``."""
         while True:
             await self._lobby_dirty.wait()
             self._lobby_dirty.clear()
-            if self.watchers:
+            if self._watchers:
                 try:
                     data = p.encode(p.Rooms(rooms=self.room_list()))
-                    for watcher in list(self.watchers):
+                    for watcher in list(self._watchers):
                         watcher.send(data)
                 except Exception:
                     logger.exception("room list broadcast failed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import struct
 from typing import TYPE_CHECKING
@@ -15,7 +16,6 @@ from .ratelimit import TokenBucket
 
 if TYPE_CHECKING:
     from .hub import Hub
-    from .rooms import Member
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +48,31 @@ def _text_frame(data: bytes) -> bytes:
     return _pack_length_64(_FIN_TEXT, 127, size) + data
 
 
+class Ending(enum.Enum):
+    """How a connection ended, as its session reports it to the hub."""
+
+    #: The client closed with 1000 or 1001: it is leaving on purpose.
+    CLEAN = "clean"
+    #: No clean close: the network dropped, the process died, a heartbeat was missed.
+    DROPPED = "dropped"
+    #: The server closed it for abuse.
+    KICKED = "kicked"
+
+
 class Session:
-    """A client's WebSocket. It lives exactly as long as the socket."""
+    """A client's WebSocket. It lives exactly as long as the socket.
+
+    It reads, writes and enforces the per-connection limits; what a message
+    means for the rooms is the hub's to decide.
+    """
 
     def __init__(self, hub: Hub, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
         self.hub = hub
         self.ws = ws
         self._transport = transport
+        #: Who this connection speaks for: its own new id, until the hub seats
+        #: it under an older one that a resume token proved.
         self.peer_id = new_peer_id()
-        self.member: Member | None = None
         config = hub.config
         self._bucket = TokenBucket(config.messages_per_second, config.message_burst)
         # Patience refills slowly, so only a sustained flood exhausts it.
@@ -121,10 +137,9 @@ class Session:
         self._transport.abort()
 
     async def kick(self, code: p.CloseCode, error: p.ErrorCode, reason: str) -> None:
-        """Send a last error, take the client out of its room at once, and close."""
+        """Send a last error, have the client taken out of its room at once, and close."""
         self.error(error, reason)
-        if self.member is not None:
-            self.hub.remove(self.member, p.LeaveReason.KICKED)
+        self.hub.disconnect(self, Ending.KICKED)
         await self.close(code, reason)
 
     # --- heartbeat -------------------------------------------------------------
@@ -151,7 +166,7 @@ class Session:
     async def run(self) -> None:
         """Serve the connection until it closes, then tell the hub how it ended."""
         self.send_message(self.hub.welcome(self))
-        clean = False
+        ending = Ending.DROPPED
         try:
             while not self._closed:
                 msg = await self.ws.receive()
@@ -160,7 +175,8 @@ class Session:
                 if kind is WSMsgType.PONG:
                     continue  # Heard: that is all a pong is for.
                 if kind is WSMsgType.CLOSE:
-                    clean = msg.data in _CLEAN_CLOSE_CODES
+                    if msg.data in _CLEAN_CLOSE_CODES:
+                        ending = Ending.CLEAN
                     break
                 if kind not in _COUNTED:
                     break
@@ -179,7 +195,7 @@ class Session:
         except Exception:
             logger.exception("connection of peer %s failed", self.peer_id)
         finally:
-            self.hub.disconnect(self, clean=clean)
+            self.hub.disconnect(self, ending)
 
     async def _over_limit(self) -> None:
         """Refuse a frame over the rate limit; close the connection if the flood goes on."""
@@ -217,7 +233,7 @@ class Session:
             case p.Join():
                 hub.join(self, msg)
             case p.Leave():
-                hub.leave(self, p.LeaveReason.LEAVE)
+                hub.leave(self)
             case p.Update():
                 hub.update(self, msg)
             case p.Ping():
