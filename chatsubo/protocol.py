@@ -18,8 +18,9 @@ from msgspec import UNSET, Meta, Raw, UnsetType
 #: Maximum size of one frame, in bytes, before it is refused with ``too_large``.
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 
+ROOM_ID_MAX_CHARS: Final = 64
 # \Z, not $: "$" also matches before a trailing newline.
-ROOM_ID_PATTERN: Final = r"^[A-Za-z0-9._-]{1,64}\Z"
+ROOM_ID_PATTERN: Final = rf"^[A-Za-z0-9._-]{{1,{ROOM_ID_MAX_CHARS}}}\Z"
 NAME_MAX_CHARS: Final = 32
 ZONE_MAX_CHARS: Final = 32
 PEER_ID_MAX_CHARS: Final = 64
@@ -66,6 +67,50 @@ class CloseCode(enum.IntEnum):
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
     REPLACED = 4000
+
+
+#: Close codes by which a client says it is leaving on purpose (1000, 1001).
+CLEAN_CLOSE_CODES: Final = frozenset({1000, 1001})
+
+
+class Reconnect(enum.StrEnum):
+    """What a client does after its socket closes."""
+
+    #: Not at all: a retry would be refused again, or would fight a newer connection.
+    NEVER = "never"
+    #: Straight away, after a random moment so that not everyone comes at once.
+    AT_ONCE = "at_once"
+    #: After a backoff that doubles from ``backoffMin`` to ``backoffMax``, with jitter.
+    BACKOFF = "backoff"
+
+
+class CloseRule(msgspec.Struct, rename="camel", frozen=True):
+    """One close code the server sends: what it means and what the client does."""
+
+    code: int
+    meaning: str
+    reconnect: Reconnect
+
+
+CLOSE_RULES: Final = (
+    CloseRule(
+        CloseCode.POLICY_VIOLATION, "a page origin that is not allowed, or a flood", Reconnect.NEVER
+    ),
+    CloseRule(CloseCode.MESSAGE_TOO_BIG, "a frame over 1 MiB", Reconnect.BACKOFF),
+    CloseRule(CloseCode.SERVICE_RESTART, "the server is restarting", Reconnect.AT_ONCE),
+    CloseRule(CloseCode.TRY_AGAIN_LATER, "the server is full", Reconnect.BACKOFF),
+    CloseRule(
+        CloseCode.REPLACED,
+        "the same peer connected again elsewhere, and the newer connection won",
+        Reconnect.NEVER,
+    ),
+)
+_RECONNECT = {rule.code: rule.reconnect for rule in CLOSE_RULES}
+
+
+def reconnect_after(code: int | None) -> Reconnect:
+    """What a client does when its socket closes with ``code`` (None: with no close frame)."""
+    return _RECONNECT.get(code or 0, Reconnect.BACKOFF)
 
 
 #: A close frame's payload is at most 125 bytes, two of them the close code.
@@ -288,6 +333,34 @@ class _SignalShape(msgspec.Struct):
     type: str | None = None
 
 
+# --- Rules every client follows, served at /api/protocol ------------------------
+
+
+class ClientRules(msgspec.Struct, rename="camel", frozen=True):
+    """What every client of this protocol must agree on; the page reads it from the server."""
+
+    close_codes: tuple[CloseRule, ...]
+    #: Seconds: the reconnect backoff starts at ``backoffMin`` and doubles up to ``backoffMax``.
+    backoff_min: float
+    backoff_max: float
+    #: Seconds between a client's pings; a server silent 1.5 times this is given up on.
+    ping_interval: float
+    room_id_max_chars: int
+    name_max_chars: int
+    zone_max_chars: int
+
+
+CLIENT_RULES: Final = ClientRules(
+    close_codes=CLOSE_RULES,
+    backoff_min=0.25,
+    backoff_max=10.0,
+    ping_interval=5.0,
+    room_id_max_chars=ROOM_ID_MAX_CHARS,
+    name_max_chars=NAME_MAX_CHARS,
+    zone_max_chars=ZONE_MAX_CHARS,
+)
+
+
 class ProtocolError(Exception):
     """A frame that does not decode to a valid message."""
 
@@ -343,6 +416,11 @@ def decode_peer_signal(data: bytes | str) -> PeerSignal:
 def encode(message: ClientMessage | ServerMessage | Any) -> bytes:
     """Encode one message as a JSON frame."""
     return _encoder.encode(message)
+
+
+def rules_json() -> bytes:
+    """The client rules as JSON, as served at ``/api/protocol``."""
+    return _encoder.encode(CLIENT_RULES)
 
 
 def is_valid_room_id(room_id: str) -> bool:

@@ -9,17 +9,20 @@ map, and a listener faces up the map (toward smaller y).
 from __future__ import annotations
 
 import math
+import random
 
 import msgspec
 
 from .channels import (
     CHAT,
+    CHAT_ID_MAX_CHARS,
     CHAT_MAX_CHARS,
     MAX_CHANNEL_MESSAGE_BYTES,
     POSITION_RATE,
     STATE,
     ChannelSpec,
 )
+from .protocol import ZONE_MAX_CHARS
 
 #: Opus, mono, at a speech bitrate, as a browser sends one voice (aiortc's own
 #: default is 96 kbit/s stereo).
@@ -61,12 +64,22 @@ class Furniture(msgspec.Struct, rename="camel", frozen=True):
 
 
 class BarMap(msgspec.Struct, rename="camel", frozen=True):
-    """The floor plan: its size, its zones and its furniture."""
+    """The floor plan: its size, its zones, its furniture, and where newcomers arrive."""
 
     width: float
     height: float
     zones: list[Zone]
+    #: The zone newcomers walk into, and the size of the square around its
+    #: middle where they appear, so that they meet without standing on each other.
+    arrival: str
+    arrival_spread: float
     furniture: list[Furniture] = msgspec.field(default_factory=list)
+
+    def arrival_spot(self, rng: random.Random) -> tuple[float, float]:
+        """Where a newcomer stands: near the middle of the arrival zone."""
+        x, y = self.zone(self.arrival).center
+        half = self.arrival_spread / 2
+        return self.clamp(x + rng.uniform(-half, half), y + rng.uniform(-half, half))
 
     def zone_at(self, x: float, y: float) -> Zone | None:
         """The zone holding the point, if any."""
@@ -126,7 +139,10 @@ class PeerRules(msgspec.Struct, rename="camel", frozen=True):
     chat: ChannelSpec
     state: ChannelSpec
     chat_max_chars: int
-    #: Channel messages larger than this are dropped unread.
+    chat_id_max_chars: int
+    #: The longest zone name a ``pos`` message may carry.
+    zone_max_chars: int
+    #: Channel messages larger than this, in UTF-8 bytes, are dropped unread.
     max_message_bytes: int
     position_rate: float
     audio_bitrate: int
@@ -157,6 +173,8 @@ BAR = Space(
             Zone("Dance Floor", 8.0, 6.0, 8.0, 10.0),
             Zone("Terrace", 16.0, 8.0, 8.0, 8.0),
         ],
+        arrival="Central Bar",
+        arrival_spread=3.0,
         furniture=[
             Furniture("counter", 9.0, 1.4, 6.0, 0.9),
             *(Furniture("stool", 9.3 + 1.1 * i, 2.7, 0.5, 0.5) for i in range(6)),
@@ -193,6 +211,8 @@ BAR = Space(
         chat=CHAT,
         state=STATE,
         chat_max_chars=CHAT_MAX_CHARS,
+        chat_id_max_chars=CHAT_ID_MAX_CHARS,
+        zone_max_chars=ZONE_MAX_CHARS,
         max_message_bytes=MAX_CHANNEL_MESSAGE_BYTES,
         position_rate=POSITION_RATE,
         audio_bitrate=OPUS_BITRATE,

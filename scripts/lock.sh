@@ -13,10 +13,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 upgrade=()
+usage="usage: scripts/lock.sh [--upgrade]
+Writes requirements.lock and requirements-test.lock from pyproject.toml.
+  --upgrade  move every package to its newest allowed version
+             (without it, every pin that still fits is kept)"
 case "${1:-}" in
   "") ;;
   --upgrade) upgrade=(--upgrade) ;;
-  *) echo "usage: scripts/lock.sh [--upgrade]" >&2; exit 2 ;;
+  -h | --help) echo "$usage"; exit 0 ;;
+  *) echo "$usage" >&2; exit 2 ;;
 esac
 
 tools=$(mktemp -d)

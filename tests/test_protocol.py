@@ -51,6 +51,11 @@ def test_every_message_type_is_documented() -> None:
     assert documented == tags
 
 
+def test_the_documented_client_rules_are_the_served_ones() -> None:
+    (example,) = re.findall(r"```json /api/protocol\n(.*?)\n```", DOC.read_text(), flags=re.S)
+    assert json.loads(example) == json.loads(p.rules_json())
+
+
 def test_every_error_code_is_documented() -> None:
     text = DOC.read_text()
     for code in p.ErrorCode:

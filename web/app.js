@@ -4,8 +4,9 @@
 import { SpatialAudio } from "./audio.js";
 import { BarMap } from "./map.js";
 import { MeshPeer } from "./mesh.js";
+import { loadProtocol } from "./protocol.js";
 import { SignalingClient } from "./signaling.js";
-import { loadSpace, zoneAt } from "./space.js";
+import { arrivalSpot, loadSpace, zoneAt } from "./space.js";
 
 const NAME_KEY = "chatsubo.name";
 const DEFAULT_ROOM = "chatsubo-main";
@@ -30,8 +31,8 @@ function plural(n, word) {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
 }
 
-/** What went wrong with a join, in plain words. */
-function joinErrorText(error, roomId) {
+/** What went wrong with a join, in plain words; `rules` are the protocol's client rules. */
+function joinErrorText(error, roomId, rules) {
   switch (error.code) {
     case "room_full":
       return `${roomId} is full right now. Try again in a moment, or pick another room.`;
@@ -41,10 +42,10 @@ function joinErrorText(error, roomId) {
       return "Too many tries at once. Wait a moment, then try again.";
     case "bad_message":
       if (error.message.includes("$.roomId")) {
-        return "Room names are 1 to 64 letters, digits, dots, dashes or underscores, with no spaces.";
+        return `Room names are 1 to ${rules.roomIdMaxChars} letters, digits, dots, dashes or underscores, with no spaces.`;
       }
       if (error.message.includes("$.name")) {
-        return "Your name must be 1 to 32 characters, with no control characters.";
+        return `Your name must be 1 to ${rules.nameMaxChars} characters, with no control characters.`;
       }
       return `The server did not understand: ${error.message}`;
     default:
@@ -93,6 +94,8 @@ class Lobby {
     this.lastAttempt = null;
     this.name = $("name");
     this.room = $("room-field");
+    this.name.maxLength = signaling.rules.nameMaxChars;
+    this.room.maxLength = signaling.rules.roomIdMaxChars;
     this.name.value = localStorage.getItem(NAME_KEY) ?? `Guest ${Math.floor(100 + Math.random() * 900)}`;
     this.name.addEventListener("change", () => localStorage.setItem(NAME_KEY, this.name.value.trim()));
     $("join-form").addEventListener("submit", (event) => {
@@ -131,7 +134,7 @@ class Lobby {
       this.signaling.unwatchRooms();
       $("lobby").hidden = true;
     } catch (error) {
-      showError(error.code ?? "error", joinErrorText(error, roomId));
+      showError(error.code ?? "error", joinErrorText(error, roomId, this.signaling.rules));
     } finally {
       this.setBusy(false);
     }
@@ -254,20 +257,13 @@ class Room {
     this.map.setPerson(this.peer.peerId, this.name, true);
     this.map.on("move", ({ x, y }) => this._walked(x, y));
     for (const [peerId, person] of this.people) this.map.setPerson(peerId, person.name);
-    const [x, y] = this._arrival();
+    const [x, y] = arrivalSpot(this.space.map);
     this.map.jump(x, y);
     this._renderStatus(this.signaling.connectionState);
     this._renderCount();
     this._notice(`You walked into ${this.roomId}.`);
     this._levelTimer = setInterval(() => this._renderLevels(), 250);
     svg.focus();
-  }
-
-  /** Somewhere near the middle of the first zone, so newcomers meet. */
-  _arrival() {
-    const zone = this.space.map.zones[0];
-    const jitter = () => (Math.random() - 0.5) * 3;
-    return [zone.x + zone.width / 2 + jitter(), zone.y + zone.height / 2 + jitter()];
   }
 
   _useMicrophone({ track, problem }) {
@@ -475,15 +471,16 @@ class Room {
 
 async function main() {
   let space;
+  let protocol;
   try {
-    space = await loadSpace();
+    [space, protocol] = await Promise.all([loadSpace(), loadProtocol()]);
   } catch {
     showError("unreachable", "Can't reach the Chatsubo server. Check that it is running, then try again.");
     $("join").disabled = true;
     $("retry").addEventListener("click", () => window.location.reload());
     return;
   }
-  const signaling = new SignalingClient();
+  const signaling = new SignalingClient(protocol);
   let room = null;
   const lobby = new Lobby(signaling, async (roomId, name) => {
     const visit = new Room(space, signaling, roomId, name);

@@ -5,7 +5,9 @@
 // healthy links are kept as they are. docs/protocol.md ("Peer to peer")
 // defines what goes over them.
 
+import { decodeChat, decodePosition } from "./channels.js";
 import { Emitter } from "./events.js";
+import { decodeSignal } from "./protocol.js";
 
 /** Positions go stale fast: never queue one behind this much unsent data. */
 const STATE_BUFFER_LIMIT = 4096;
@@ -156,14 +158,18 @@ export class MeshPeer extends Emitter {
   }
 
   _onSignal(message) {
+    const signal = decodeSignal(message.data);
+    if (signal === null) {
+      console.debug("dropping a malformed signal from %s", message.from);
+      return;
+    }
     let link = this.links.get(message.from);
     if (link === undefined) {
       const name = this.present.get(message.from) ?? message.from;
       link = this._openLink(message.from, name, false);
     }
-    const data = message.data;
     link.signals = link.signals
-      .then(() => this._apply(link, data))
+      .then(() => this._apply(link, signal))
       .catch((error) => console.info("bad signal from %s: %s", link.name, error));
   }
 
@@ -256,31 +262,18 @@ export class MeshPeer extends Emitter {
       if (this._position !== null) sendState(link, JSON.stringify(this._position));
     };
     chat.onmessage = ({ data }) => {
-      const message = this._decode(data, "chat");
-      if (message !== null && validChat(message, this.rules.chatMaxChars)) {
-        this.emit("chat", { peerId: link.peerId, message });
-      }
+      const message = decodeChat(data, this.rules);
+      if (message !== null) this.emit("chat", { peerId: link.peerId, message });
     };
     state.onmessage = ({ data }) => {
-      const position = this._decode(data, "pos");
-      if (position === null || !validPosition(position)) return;
+      const position = decodePosition(data, this.rules);
+      if (position === null) return;
       // Unordered channel: a late, older update must not move anyone back.
       if (link.position === null || position.seq > link.position.seq) {
         link.position = position;
         this.emit("position", { peerId: link.peerId, position });
       }
     };
-  }
-
-  /** A channel message of `type`, or null for anything else: dropped, never fatal. */
-  _decode(data, type) {
-    if (typeof data !== "string" || data.length > this.rules.maxMessageBytes) return null;
-    try {
-      const message = JSON.parse(data);
-      return message !== null && message.type === type ? message : null;
-    } catch {
-      return null;
-    }
   }
 
   async _offer(link) {
@@ -292,18 +285,18 @@ export class MeshPeer extends Emitter {
     if (link.pc === pc) this.signaling.signal(link.peerId, pc.localDescription.toJSON());
   }
 
-  async _apply(link, data) {
-    if (data !== null && (data.type === "offer" || data.type === "answer")) {
-      if (data.type === "offer") {
-        await this._answer(link, data);
+  /** Apply one decoded signal (protocol.js, decodeSignal). */
+  async _apply(link, { description, candidate = null }) {
+    if (description !== undefined) {
+      if (description.type === "offer") {
+        await this._answer(link, description);
       } else if (link.pc.signalingState === "have-local-offer") {
-        await link.pc.setRemoteDescription(data);
+        await link.pc.setRemoteDescription(description);
         await this._flushCandidates(link);
         this._limitBitrate(link);
       }
       return;
     }
-    const candidate = data === null || !data.candidate ? null : data;
     if (link.pc.remoteDescription === null) {
       link.pendingCandidates.push(candidate);
     } else {
@@ -388,23 +381,4 @@ function sendState(link, data) {
 async function addCandidate(pc, candidate) {
   // null is the end of candidates.
   await pc.addIceCandidate(candidate ?? undefined);
-}
-
-function validChat(message, maxChars) {
-  return (
-    typeof message.id === "string" &&
-    typeof message.text === "string" &&
-    message.text.length >= 1 &&
-    message.text.length <= maxChars &&
-    Number.isFinite(message.ts)
-  );
-}
-
-function validPosition(p) {
-  return (
-    Number.isFinite(p.x) &&
-    Number.isFinite(p.y) &&
-    Number.isInteger(p.seq) &&
-    (p.zone === undefined || p.zone === null || typeof p.zone === "string")
-  );
 }

@@ -7,15 +7,7 @@
 // message sent and received here.
 
 import { Emitter } from "./events.js";
-
-const BACKOFF_MIN = 250;
-const BACKOFF_MAX = 10_000;
-/** Our own liveness check: a server silent this long after a ping is given up on. */
-const PING_INTERVAL = 5_000;
-const PING_TIMEOUT = 7_500;
-/** Close codes after which reconnecting would be wrong (protocol.CloseCode). */
-const FINAL_CLOSE_CODES = new Set([1008, 4000]);
-const SERVICE_RESTART = 1012;
+import { closeRule, reconnectAfter } from "./protocol.js";
 
 /** The server refused a request: `code` is one of the protocol's error codes. */
 export class SignalingError extends Error {
@@ -41,8 +33,13 @@ export function websocketUrl(location = window.location) {
  * `connected`, `reconnecting`, `closed`).
  */
 export class SignalingClient extends Emitter {
-  constructor(url = websocketUrl()) {
+  /**
+   * @param rules the client rules from /api/protocol (protocol.js, loadProtocol):
+   *   close codes, reconnect backoff and ping interval
+   */
+  constructor(rules, url = websocketUrl()) {
     super();
+    this.rules = rules;
     this.url = url;
     this.connectionState = "new";
     this.peerId = null;
@@ -54,7 +51,7 @@ export class SignalingClient extends Emitter {
     this.room = null;
     this._watching = false;
     this._ws = null;
-    this._delay = BACKOFF_MIN;
+    this._delay = this._backoffMin;
     this._retryTimer = null;
     this._pingTimer = null;
     this._lastHeard = 0;
@@ -74,8 +71,12 @@ export class SignalingClient extends Emitter {
     if (this._ws !== null || this._closed) return;
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
-    this._delay = BACKOFF_MIN;
+    this._delay = this._backoffMin;
     this._open();
+  }
+
+  get _backoffMin() {
+    return this.rules.backoffMin * 1000;
   }
 
   /** Stop for good: leave the room and close the socket. */
@@ -176,14 +177,12 @@ export class SignalingClient extends Emitter {
     this._joining = false;
     clearInterval(this._pingTimer);
     if (this._closed) return;
-    if (FINAL_CLOSE_CODES.has(code)) {
+    const reconnect = reconnectAfter(this.rules, code);
+    if (reconnect === "never") {
       this.room = null;
       this._setState("closed");
-      this.emit("server_error", {
-        type: "error",
-        code: code === 4000 ? "replaced" : "bad_origin",
-        message: code === 4000 ? "this seat was taken by another tab" : "the server refused this page",
-      });
+      const meaning = closeRule(this.rules, code).meaning;
+      this.emit("server_error", { type: "error", code: "closed", closeCode: code, message: `Disconnected: ${meaning}.` });
       return;
     }
     this._setState(this.peerId === null ? "connecting" : "reconnecting");
@@ -192,17 +191,18 @@ export class SignalingClient extends Emitter {
       this.room = null;
       this._rejectJoin(new SignalingError("unreachable", "the server cannot be reached"));
     }
-    const wait = code === SERVICE_RESTART ? Math.random() * BACKOFF_MIN : this._delay * (0.5 + Math.random());
-    if (code !== SERVICE_RESTART) this._delay = Math.min(this._delay * 2, BACKOFF_MAX);
+    // After a restart the server is coming straight back: only spread the herd out.
+    const wait = reconnect === "at_once" ? Math.random() * this._backoffMin : this._delay * (0.5 + Math.random());
+    if (reconnect === "backoff") this._delay = Math.min(this._delay * 2, this.rules.backoffMax * 1000);
     this._retryTimer = setTimeout(() => this._open(), wait);
   }
 
   _greeted(welcome) {
     this.iceServers = welcome.iceServers;
     if (this.resumeToken === null) this.peerId = welcome.peerId;
-    this._delay = BACKOFF_MIN;
+    this._delay = this._backoffMin;
     this._lastHeard = Date.now();
-    this._pingTimer = setInterval(() => this._ping(), PING_INTERVAL);
+    this._pingTimer = setInterval(() => this._ping(), this.rules.pingInterval * 1000);
     if (this._watching) this._write({ type: "watch_rooms" });
     if (this.room === null) {
       this._setState("connected");
@@ -215,7 +215,8 @@ export class SignalingClient extends Emitter {
   }
 
   _ping() {
-    if (Date.now() - this._lastHeard > PING_TIMEOUT) {
+    // A server silent 1.5 ping intervals is given up on, as the Python client does.
+    if (Date.now() - this._lastHeard > 1.5 * this.rules.pingInterval * 1000) {
       // A half-open socket: close it ourselves and reconnect.
       const ws = this._ws;
       this._dropped(1006);

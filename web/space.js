@@ -28,3 +28,11 @@ export function distanceGain(model, distance) {
   const gain = ref / (ref + model.rolloffFactor * (d - ref));
   return gain < model.muteBelow ? 0 : gain;
 }
+
+/** Where a newcomer stands: near the middle of the arrival zone, as BarMap.arrival_spot. */
+export function arrivalSpot(map) {
+  const zone = map.zones.find((z) => z.name.toLowerCase() === map.arrival.toLowerCase());
+  const half = map.arrivalSpread / 2;
+  const jitter = () => (Math.random() * 2 - 1) * half;
+  return clamp(map, zone.x + zone.width / 2 + jitter(), zone.y + zone.height / 2 + jitter());
+}

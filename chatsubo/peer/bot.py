@@ -250,7 +250,7 @@ def _bot_options(args: argparse.Namespace, index: int) -> BotOptions:
     elif args.position:
         position = BAR.map.clamp(*args.position)
     else:
-        position = BAR.map.zone("Central Bar").center
+        position = BAR.map.arrival_spot(random.Random(args.seed + index))
     return BotOptions(
         room=args.room,
         name=name,

@@ -23,9 +23,6 @@ from .. import protocol as p
 
 logger = logging.getLogger(__name__)
 
-#: Close codes after which reconnecting would be wrong.
-_FINAL_CLOSE_CODES = frozenset({p.CloseCode.POLICY_VIOLATION, p.CloseCode.REPLACED})
-
 #: Join errors that no amount of retrying will fix.
 _FINAL_JOIN_ERRORS = frozenset({p.ErrorCode.BAD_MESSAGE, p.ErrorCode.BAD_ORIGIN})
 
@@ -61,10 +58,10 @@ class SignalingOptions:
     url: str = "http://127.0.0.1:8080"
     #: Accept any TLS certificate, as for a server run with ``--self-signed``.
     insecure: bool = False
-    backoff_min: float = 0.25
-    backoff_max: float = 10.0
+    backoff_min: float = p.CLIENT_RULES.backoff_min
+    backoff_max: float = p.CLIENT_RULES.backoff_max
     #: Seconds between our WebSocket pings; a server silent 1.5 periods is given up on.
-    heartbeat: float = 5.0
+    heartbeat: float = p.CLIENT_RULES.ping_interval
 
 
 class SignalingClient(AsyncIOEventEmitter):
@@ -196,10 +193,11 @@ class SignalingClient(AsyncIOEventEmitter):
                     self._ws = None
                 if self._closing:
                     break
-                if code in _FINAL_CLOSE_CODES:
+                reconnect = p.reconnect_after(code)
+                if reconnect is p.Reconnect.NEVER:
                     self._fail(SignalingError("closed", f"server closed the connection ({code})"))
                     return
-                if code == p.CloseCode.SERVICE_RESTART:
+                if reconnect is p.Reconnect.AT_ONCE:
                     # The server is coming straight back; only spread the herd out.
                     await asyncio.sleep(random.uniform(0, self.options.backoff_min))
                     continue

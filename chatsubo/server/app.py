@@ -37,6 +37,7 @@ def create_app(config: ServerConfig, web_root: Path | None = None) -> web.Applic
     app.router.add_get("/ws", websocket)
     app.router.add_get("/api/rooms", rooms)
     app.router.add_get("/api/space", space)
+    app.router.add_get("/api/protocol", protocol_rules)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", index)
@@ -138,6 +139,11 @@ async def rooms(request: web.Request) -> web.Response:
 async def space(request: web.Request) -> web.Response:
     """The bar's map and distance model, shared by every peer."""
     return web.Response(body=space_json(), content_type=_JSON)
+
+
+async def protocol_rules(request: web.Request) -> web.Response:
+    """The rules every client follows: close codes, reconnect timing, name limits."""
+    return web.Response(body=p.rules_json(), content_type=_JSON)
 
 
 async def healthz(request: web.Request) -> web.Response:

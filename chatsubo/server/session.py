@@ -19,9 +19,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Close codes by which a client says it is leaving on purpose.
-_CLEAN_CLOSE_CODES = frozenset({1000, 1001})
-
 #: Frames that count against the rate limit: each one costs the server work.
 _COUNTED = frozenset({WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.PING})
 
@@ -175,7 +172,7 @@ class Session:
                 if kind is WSMsgType.PONG:
                     continue  # Heard: that is all a pong is for.
                 if kind is WSMsgType.CLOSE:
-                    if msg.data in _CLEAN_CLOSE_CODES:
+                    if msg.data in p.CLEAN_CLOSE_CODES:
                         ending = Ending.CLEAN
                     break
                 if kind not in _COUNTED:

@@ -1,0 +1,156 @@
+"""Rules the browser and Python share: defined once, served to the page, and decoded alike.
+
+``tests/fixtures/peer-messages.json`` holds valid and invalid data channel
+messages and signal payloads. Every case goes through the Python decoders
+here, and through the page's own modules in real Chromium, and both must
+reach the verdict the fixture records.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, async_playwright
+
+from chatsubo import channels
+from chatsubo import protocol as p
+from chatsubo.peer.signaling import SignalingOptions
+from chatsubo.space import BAR
+from tests.browser import CHROMIUM, launch
+from tests.conftest import RunningServer
+
+FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "peer-messages.json").read_text())
+
+
+def _signal_kind(data: Any) -> str:
+    try:
+        signal = p.decode_peer_signal(json.dumps(data))
+    except p.ProtocolError:
+        return "invalid"
+    if signal is None:
+        return "end"
+    return "description" if isinstance(signal, p.SessionDescription) else "candidate"
+
+
+def _valid(decode: Any, data: str) -> bool:
+    try:
+        decode(data)
+    except channels.ChannelError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("case", FIXTURE["chat"], ids=lambda c: c["case"])
+def test_python_decodes_chat_as_the_fixture_says(case: dict[str, Any]) -> None:
+    assert _valid(channels.decode_chat, case["data"]) is case["valid"]
+
+
+@pytest.mark.parametrize("case", FIXTURE["pos"], ids=lambda c: c["case"])
+def test_python_decodes_positions_as_the_fixture_says(case: dict[str, Any]) -> None:
+    assert _valid(channels.decode_position, case["data"]) is case["valid"]
+
+
+@pytest.mark.parametrize("case", FIXTURE["signal"], ids=lambda c: c["case"])
+def test_python_decodes_signals_as_the_fixture_says(case: dict[str, Any]) -> None:
+    assert _signal_kind(case["data"]) == case["kind"]
+
+
+def test_a_decoded_candidate_keeps_its_fields() -> None:
+    (case,) = [c for c in FIXTURE["signal"] if c["case"] == "a trickled candidate"]
+    signal = p.decode_peer_signal(json.dumps(case["data"]))
+    assert isinstance(signal, p.IceCandidate)
+    assert json.loads(p.encode(signal)) == case["data"]
+
+
+#: Runs every fixture case through the page's modules; returns the verdicts.
+_BROWSER_VERDICTS = """
+async (fixture) => {
+  const { decodeChat, decodePosition } = await import("/channels.js");
+  const { decodeSignal } = await import("/protocol.js");
+  const rules = (await (await fetch("/api/space")).json()).peer;
+  const kind = (s) =>
+    s === null ? "invalid" : s.end ? "end" : s.description ? "description" : "candidate";
+  return {
+    chat: fixture.chat.map((c) => decodeChat(c.data, rules) !== null),
+    pos: fixture.pos.map((c) => decodePosition(c.data, rules) !== null),
+    signal: fixture.signal.map((c) => kind(decodeSignal(c.data))),
+  };
+}
+"""
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"needs Debian's Chromium at {CHROMIUM}: apt-get install chromium")
+    async with async_playwright() as playwright:
+        browser = await launch(playwright)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def test_the_browser_decodes_every_case_as_the_fixture_says(
+    server: RunningServer, browser: Browser
+) -> None:
+    page = await browser.new_page()
+    await page.goto(f"{server.url}/healthz")
+    verdicts = await page.evaluate(_BROWSER_VERDICTS, FIXTURE)
+    wrong = [
+        f"{group}: {case['case']}: browser says {got!r}"
+        for group, key in (("chat", "valid"), ("pos", "valid"), ("signal", "kind"))
+        for case, got in zip(FIXTURE[group], verdicts[group], strict=True)
+        if got != case[key]
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_the_client_rules_are_served_as_python_defines_them(server: RunningServer) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.url}/api/protocol") as response:
+            served = await response.json()
+        async with http.get(f"{server.url}/api/space") as response:
+            space = await response.json()
+    assert served == json.loads(p.rules_json())
+    assert {rule["code"]: rule["reconnect"] for rule in served["closeCodes"]} == {
+        1008: "never",
+        1009: "backoff",
+        1012: "at_once",
+        1013: "backoff",
+        4000: "never",
+    }
+    assert served["nameMaxChars"] == p.NAME_MAX_CHARS
+    assert space["peer"]["chatIdMaxChars"] == channels.CHAT_ID_MAX_CHARS
+    assert space["peer"]["zoneMaxChars"] == p.ZONE_MAX_CHARS
+    assert space["map"]["arrival"] == BAR.map.arrival
+    defaults = SignalingOptions()
+    assert (defaults.backoff_min, defaults.backoff_max, defaults.heartbeat) == (
+        served["backoffMin"],
+        served["backoffMax"],
+        served["pingInterval"],
+    )
+
+
+def test_close_codes_tell_a_client_what_to_do() -> None:
+    assert p.reconnect_after(p.CloseCode.REPLACED) is p.Reconnect.NEVER
+    assert p.reconnect_after(p.CloseCode.SERVICE_RESTART) is p.Reconnect.AT_ONCE
+    assert p.reconnect_after(1006) is p.Reconnect.BACKOFF
+    assert p.reconnect_after(None) is p.Reconnect.BACKOFF
+
+
+def test_newcomers_arrive_near_the_middle_of_the_arrival_zone() -> None:
+    zone = BAR.map.zone(BAR.map.arrival)
+    rng = random.Random(7)
+    spots = [BAR.map.arrival_spot(rng) for _ in range(200)]
+    half = BAR.map.arrival_spread / 2
+    cx, cy = zone.center
+    assert all(abs(x - cx) <= half and abs(y - cy) <= half for x, y in spots)
+    assert all(BAR.map.zone_at(x, y) == zone for x, y in spots)
+    assert len(set(spots)) == len(spots), "newcomers do not stand on each other"
