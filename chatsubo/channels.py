@@ -20,6 +20,9 @@ CHAT_ID_MAX_CHARS: Final = 64
 MAX_CHANNEL_MESSAGE_BYTES: Final = 4096
 #: Position updates a peer sends at most, per second.
 POSITION_RATE: Final = 10.0
+#: Positions go stale fast: a sender drops one rather than queue it behind
+#: this many bytes not yet sent on the state channel.
+STATE_BUFFER_LIMIT: Final = 4096
 
 
 class ChannelSpec(msgspec.Struct, rename="camel", frozen=True):

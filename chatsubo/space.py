@@ -20,6 +20,7 @@ from .channels import (
     MAX_CHANNEL_MESSAGE_BYTES,
     POSITION_RATE,
     STATE,
+    STATE_BUFFER_LIMIT,
     ChannelSpec,
 )
 from .protocol import ZONE_MAX_CHARS
@@ -145,6 +146,8 @@ class PeerRules(msgspec.Struct, rename="camel", frozen=True):
     #: Channel messages larger than this, in UTF-8 bytes, are dropped unread.
     max_message_bytes: int
     position_rate: float
+    #: Bytes unsent on the state channel above which a position is dropped, not queued.
+    state_buffer_limit: int
     audio_bitrate: int
     #: Seconds: a link not connected this long is replaced, after a backoff
     #: from ``retry_min`` doubling up to ``retry_max``, with jitter.
@@ -215,6 +218,7 @@ BAR = Space(
         zone_max_chars=ZONE_MAX_CHARS,
         max_message_bytes=MAX_CHANNEL_MESSAGE_BYTES,
         position_rate=POSITION_RATE,
+        state_buffer_limit=STATE_BUFFER_LIMIT,
         audio_bitrate=OPUS_BITRATE,
         connect_timeout=10.0,
         retry_min=0.5,

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from playwright.async_api import Browser, async_playwright
 
 from chatsubo.server.app import HUB, create_app
 from chatsubo.server.config import ServerConfig
@@ -70,6 +71,22 @@ async def start_server(config: ServerConfig, port: int = 0) -> RunningServer:
 
 
 ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, driven by Playwright; the test is skipped where it is missing."""
+    # Here, not at the top: tests.browser imports this module.
+    from tests.browser import CHROMIUM, launch
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"needs Debian's Chromium at {CHROMIUM}: apt-get install chromium")
+    async with async_playwright() as playwright:
+        browser = await launch(playwright)
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
 
 @pytest.fixture

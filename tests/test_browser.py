@@ -12,7 +12,7 @@ import re
 from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from chatsubo.server.config import ServerConfig
 from tests.browser import (
@@ -22,7 +22,6 @@ from tests.browser import (
     PHONE,
     Bots,
     Crowd,
-    launch,
     near,
 )
 from tests.conftest import RunningServer, ServerFactory, poll, start_server
@@ -36,16 +35,6 @@ ROOM = "chatsubo-main"
 
 #: What Chromium itself logs while the server is down: not the page's doing.
 SOCKET_REFUSED = re.compile(r"WebSocket connection to '[^']*' failed")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await launch(playwright)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture

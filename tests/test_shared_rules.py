@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser
 
 from chatsubo import channels
 from chatsubo import protocol as p
 from chatsubo.peer.signaling import SignalingOptions
 from chatsubo.space import BAR
-from tests.browser import CHROMIUM, launch
 from tests.conftest import RunningServer
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "peer-messages.json").read_text())
@@ -83,18 +81,6 @@ async (fixture) => {
   };
 }
 """
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"needs Debian's Chromium at {CHROMIUM}: apt-get install chromium")
-    async with async_playwright() as playwright:
-        browser = await launch(playwright)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def test_the_browser_decodes_every_case_as_the_fixture_says(

@@ -9,9 +9,6 @@ import { decodeChat, decodePosition } from "./channels.js";
 import { Emitter } from "./events.js";
 import { decodeSignal } from "./protocol.js";
 
-/** Positions go stale fast: never queue one behind this much unsent data. */
-const STATE_BUFFER_LIMIT = 4096;
-
 /** The connection to one remote peer, with its channels and its place in negotiation. */
 export class Link {
   constructor(peerId, name, offerer, pc) {
@@ -126,7 +123,13 @@ export class MeshPeer extends Emitter {
     this._positionSentAt = performance.now();
     this._position.ts = Date.now();
     const data = JSON.stringify(this._position);
-    for (const link of this.links.values()) sendState(link, data);
+    for (const link of this.links.values()) this._sendState(link, data);
+  }
+
+  /** Positions go stale fast: one is dropped rather than queued behind unsent data. */
+  _sendState(link, data) {
+    const state = link.state;
+    if (state?.readyState === "open" && state.bufferedAmount < this.rules.stateBufferLimit) state.send(data);
   }
 
   // --- signaling events --------------------------------------------------------
@@ -259,7 +262,7 @@ export class MeshPeer extends Emitter {
       this.emit("peerconnected", link.peerId);
     };
     state.onopen = () => {
-      if (this._position !== null) sendState(link, JSON.stringify(this._position));
+      if (this._position !== null) this._sendState(link, JSON.stringify(this._position));
     };
     chat.onmessage = ({ data }) => {
       const message = decodeChat(data, this.rules);
@@ -373,10 +376,6 @@ function channelOptions(spec) {
   return options;
 }
 
-function sendState(link, data) {
-  const state = link.state;
-  if (state?.readyState === "open" && state.bufferedAmount < STATE_BUFFER_LIMIT) state.send(data);
-}
 
 async function addCandidate(pc, candidate) {
   // null is the end of candidates.

@@ -222,7 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--record", metavar="FILE.wav", help="record the spatial stereo mix heard")
     parser.add_argument("--speaker", action="store_true", help="play the mix on the speaker")
     place = parser.add_mutually_exclusive_group()
-    place.add_argument("--position", type=_position, metavar="X,Y", help="where to stand, meters")
+    place.add_argument(
+        "--position",
+        type=_position,
+        metavar="X,Y",
+        help=f"where to stand, meters (default: near the middle of the {BAR.map.arrival}, "
+        "where newcomers arrive)",
+    )
     place.add_argument("--zone", help=f"stand in the middle of a zone: {zones}")
     parser.add_argument("--wander", action="store_true", help="stroll around the bar")
     parser.add_argument("--say", metavar="TEXT", help="say TEXT in the chat, repeatedly")

@@ -206,7 +206,11 @@ class MeshPeer(AsyncIOEventEmitter):
     def _send_state(link: Link, data: str) -> None:
         # Positions go stale fast: never queue one behind unsent others.
         state = link.state
-        if state is not None and state.readyState == "open" and state.bufferedAmount < 4096:
+        if (
+            state is not None
+            and state.readyState == "open"
+            and state.bufferedAmount < channels.STATE_BUFFER_LIMIT
+        ):
             state.send(data)
             link.positions_sent += 1
 
@@ -374,9 +378,9 @@ class MeshPeer(AsyncIOEventEmitter):
     async def _process_signals(self, link: Link) -> None:
         """Apply one peer's signals strictly in order."""
         while True:
-            data = await link.signals.get()
+            signal = await link.signals.get()
             try:
-                await self._apply(link, data)
+                await self._apply(link, signal)
             except Exception as exc:
                 logger.info("bad signal from %s: %s", link.name, exc)
 
