@@ -34,10 +34,13 @@ python3 -m venv "$tools"
 build_requires=$(python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
 
 compile() {
-  # Universal: one lock for every platform and Python the project supports,
-  # with markers where they differ. Never an index URL: the lock names no host.
-  "$tools/bin/uv" pip compile --quiet --universal --python-version 3.11 --generate-hashes \
-    --no-emit-index-url --custom-compile-command "scripts/lock.sh" "${upgrade[@]}" "$@"
+  # Universal: one lock for every platform and Python the project supports.
+  # "fewest" picks one version of each package for all of them, so a newer
+  # Python gets the very versions CI tested, not a fork of its own. Never an
+  # index URL: the locks name no host.
+  "$tools/bin/uv" pip compile --quiet --universal --python-version 3.11 --fork-strategy fewest \
+    --generate-hashes --no-emit-index-url --custom-compile-command "scripts/lock.sh" \
+    "${upgrade[@]}" "$@"
 }
 
 # The test lock first; the runtime lock is held to the same versions.
