@@ -28,7 +28,12 @@ def positive_float(text: str) -> float:
 
 def add_log_level(parser: argparse.ArgumentParser) -> None:
     """The ``--log-level`` option, as both commands spell it."""
-    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=LOG_LEVELS,
+        help="how much to log on stderr: debug is everything, error only failures",
+    )
 
 
 def configure_logging(level: str) -> None:

@@ -78,23 +78,34 @@ class Reconnect(enum.StrEnum):
 
     #: Not at all: a retry would be refused again, or would fight a newer connection.
     NEVER = "never"
-    #: Straight away, after a random moment so that not everyone comes at once.
+    #: Straight away, spread over ``restartSpread`` so that not everyone comes at once.
     AT_ONCE = "at_once"
-    #: After a backoff that doubles from ``backoffMin`` to ``backoffMax``, with jitter.
+    #: After the wait :func:`reconnect_delay` gives.
     BACKOFF = "backoff"
 
 
 class CloseRule(msgspec.Struct, rename="camel", frozen=True):
-    """One close code the server sends: what it means and what the client does."""
+    """One close code the server sends: what it means and what the client does.
+
+    ``reasons`` says it in plain words for the ``error`` code the server sent
+    just before closing, where that tells more than the close code alone.
+    """
 
     code: int
     meaning: str
     reconnect: Reconnect
+    reasons: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 CLOSE_RULES: Final = (
     CloseRule(
-        CloseCode.POLICY_VIOLATION, "a page origin that is not allowed, or a flood", Reconnect.NEVER
+        CloseCode.POLICY_VIOLATION,
+        "the server refused this connection",
+        Reconnect.NEVER,
+        {
+            "bad_origin": "the server does not accept connections from this page's address",
+            "rate_limited": "too many messages were sent too fast",
+        },
     ),
     CloseRule(CloseCode.MESSAGE_TOO_BIG, "a frame over 1 MiB", Reconnect.BACKOFF),
     CloseRule(CloseCode.SERVICE_RESTART, "the server is restarting", Reconnect.AT_ONCE),
@@ -113,6 +124,14 @@ def reconnect_after(code: int | None) -> Reconnect:
     return _RECONNECT.get(code or 0, Reconnect.BACKOFF)
 
 
+def closing_words(code: int | None, error: str | None = None) -> str:
+    """Why the server closed the socket, in plain words: the close code and the last error."""
+    rule = next((r for r in CLOSE_RULES if r.code == code), None)
+    if rule is None:
+        return f"the connection closed ({code})" if code else "the connection dropped"
+    return rule.reasons.get(error or "", rule.meaning)
+
+
 #: A close frame's payload is at most 125 bytes, two of them the close code.
 _MAX_CLOSE_REASON = 123
 
@@ -122,10 +141,22 @@ def close_reason(reason: str) -> bytes:
     return reason.encode()[:_MAX_CLOSE_REASON].decode(errors="ignore").encode()
 
 
-def _check_text(value: str, what: str) -> None:
-    """Refuse display text that would render as something other than itself."""
+def text_problem(value: str, what: str, max_chars: int) -> str | None:
+    """Why ``value`` cannot be a display name or zone, in plain words; None when it can.
+
+    It must render as itself: printable text, not blank, and not too long.
+    """
+    if len(value) > max_chars:
+        return f"{what} is at most {max_chars} characters, and this one has {len(value)}"
     if not value.isprintable() or not value.strip():
-        raise ValueError(f"{what} must be printable text, not blank")
+        return f"{what} must be printable text (no control characters), not blank"
+    return None
+
+
+def _check_text(value: str, what: str, max_chars: int) -> None:
+    problem = text_problem(value, what, max_chars)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 class _Message(msgspec.Struct, tag_field="type", rename="camel", omit_defaults=True):
@@ -143,7 +174,7 @@ class Join(_Message, tag="join"):
     resume: ResumeToken | None = None
 
     def __post_init__(self) -> None:
-        _check_text(self.name, "name")
+        _check_text(self.name, "a name", NAME_MAX_CHARS)
 
 
 class Leave(_Message, tag="leave"):
@@ -165,9 +196,9 @@ class Update(_Message, tag="update"):
 
     def __post_init__(self) -> None:
         if isinstance(self.name, str):
-            _check_text(self.name, "name")
+            _check_text(self.name, "a name", NAME_MAX_CHARS)
         if isinstance(self.zone, str):
-            _check_text(self.zone, "zone")
+            _check_text(self.zone, "a zone", ZONE_MAX_CHARS)
 
 
 class WatchRooms(_Message, tag="watch_rooms"):
@@ -199,11 +230,13 @@ class IceServer(msgspec.Struct, rename="camel", omit_defaults=True):
 
 
 class Limits(msgspec.Struct, rename="camel"):
-    """Limits a client must respect."""
+    """Limits a client must respect, and the server's grace period in seconds."""
 
     max_room_size: int
     max_message_bytes: int
     messages_per_second: float
+    #: How long a peer whose connection dropped keeps its place in the room.
+    grace: float
 
 
 class PeerInfo(msgspec.Struct, rename="camel", omit_defaults=True):
@@ -340,9 +373,16 @@ class ClientRules(msgspec.Struct, rename="camel", frozen=True):
     """What every client of this protocol must agree on; the page reads it from the server."""
 
     close_codes: tuple[CloseRule, ...]
-    #: Seconds: the reconnect backoff starts at ``backoffMin`` and doubles up to ``backoffMax``.
-    backoff_min: float
-    backoff_max: float
+    #: Seconds to wait before each reconnect attempt of an outage, the last
+    #: repeating: low, so that people are back within moments of the server.
+    reconnect_delays: tuple[float, ...]
+    #: Seconds into an outage after which every wait is ``reconnectMax``.
+    fast_reconnect_for: float
+    reconnect_max: float
+    #: Each wait is drawn between (1 - jitter) and 1 times its value.
+    reconnect_jitter: float
+    #: Seconds over which clients spread their return after a restart (1012).
+    restart_spread: float
     #: Seconds between a client's pings; a server silent 1.5 times this is given up on.
     ping_interval: float
     room_id_max_chars: int
@@ -352,8 +392,11 @@ class ClientRules(msgspec.Struct, rename="camel", frozen=True):
 
 CLIENT_RULES: Final = ClientRules(
     close_codes=CLOSE_RULES,
-    backoff_min=0.25,
-    backoff_max=10.0,
+    reconnect_delays=(0.0, 0.5, 1.0, 2.0),
+    fast_reconnect_for=60.0,
+    reconnect_max=10.0,
+    reconnect_jitter=0.25,
+    restart_spread=0.5,
     ping_interval=5.0,
     room_id_max_chars=ROOM_ID_MAX_CHARS,
     name_max_chars=NAME_MAX_CHARS,
@@ -416,6 +459,21 @@ def decode_peer_signal(data: bytes | str) -> PeerSignal:
 def encode(message: ClientMessage | ServerMessage | Any) -> bytes:
     """Encode one message as a JSON frame."""
     return _encoder.encode(message)
+
+
+def reconnect_delay(attempt: int, outage: float, draw: float) -> float:
+    """Seconds to wait before reconnect attempt ``attempt`` (0 first) of an outage.
+
+    ``outage`` is how many seconds ago the connection was lost (or first
+    tried), and ``draw`` a random number in [0, 1) for the jitter. The page's
+    ``reconnectDelay`` gives the same for the same arguments.
+    """
+    rules = CLIENT_RULES
+    if outage >= rules.fast_reconnect_for:
+        base = rules.reconnect_max
+    else:
+        base = rules.reconnect_delays[min(attempt, len(rules.reconnect_delays) - 1)]
+    return base * (1 - rules.reconnect_jitter * draw)
 
 
 def rules_json() -> bytes:

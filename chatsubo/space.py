@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Final
 
 import msgspec
 
@@ -25,43 +26,63 @@ from .channels import (
 )
 from .protocol import ZONE_MAX_CHARS
 
+#: Random spots tried in an area before looking further.
+_SPOT_TRIES = 64
+
 #: Opus, mono, at a speech bitrate, as a browser sends one voice (aiortc's own
 #: default is 96 kbit/s stereo).
 OPUS_BITRATE = 32_000
 
 
-class Zone(msgspec.Struct, rename="camel", frozen=True):
-    """A named rectangle of the bar."""
+Point = tuple[float, float]
 
-    name: str
+#: Furniture that is floor: people stand on it.
+WALKABLE: Final = frozenset({"dancefloor"})
+
+
+class Rect(msgspec.Struct, rename="camel", frozen=True):
+    """A rectangle of the map, in meters."""
+
     x: float
     y: float
     width: float
     height: float
 
     def contains(self, x: float, y: float) -> bool:
-        """Whether the point lies inside the zone."""
+        """Whether the point lies inside."""
         return self.x <= x < self.x + self.width and self.y <= y < self.y + self.height
 
     @property
-    def center(self) -> tuple[float, float]:
-        """The middle of the zone, where a newcomer to it stands."""
+    def center(self) -> Point:
+        """The middle."""
         return (self.x + self.width / 2, self.y + self.height / 2)
 
 
-class Furniture(msgspec.Struct, rename="camel", frozen=True):
-    """Something standing in the bar, drawn on the map; people walk through it freely.
+class Zone(Rect, frozen=True):
+    """A named rectangle of the bar."""
+
+    name: str
+
+
+class Furniture(Rect, frozen=True):
+    """Something standing in the bar, drawn on the map.
 
     ``kind`` is how it is drawn: ``counter``, ``stool``, ``table``, ``sofa``,
     ``booth``, ``arcade``, ``dancefloor``, ``dj`` or ``plant``. Round kinds
-    (stools, tables, plants) fill the ellipse inside their rectangle.
+    (stools, tables, plants) fill the ellipse inside their rectangle. People
+    may walk anywhere, but nobody is placed on furniture other than floor.
     """
 
     kind: str
-    x: float
-    y: float
-    width: float
-    height: float
+
+    def blocks(self, x: float, y: float, margin: float) -> bool:
+        """Whether a person standing at (x, y) would be on it (within ``margin``)."""
+        if self.kind in WALKABLE:
+            return False
+        return (
+            self.x - margin < x < self.x + self.width + margin
+            and self.y - margin < y < self.y + self.height + margin
+        )
 
 
 class BarMap(msgspec.Struct, rename="camel", frozen=True):
@@ -70,17 +91,40 @@ class BarMap(msgspec.Struct, rename="camel", frozen=True):
     width: float
     height: float
     zones: list[Zone]
-    #: The zone newcomers walk into, and the size of the square around its
-    #: middle where they appear, so that they meet without standing on each other.
-    arrival: str
-    arrival_spread: float
+    #: Where newcomers appear: the floor in front of the counter.
+    arrival: Rect
+    #: Meters kept between a person placed and everyone else.
+    personal_space: float
+    #: Meters kept between a person placed and furniture or the map's edge.
+    margin: float
     furniture: list[Furniture] = msgspec.field(default_factory=list)
 
-    def arrival_spot(self, rng: random.Random) -> tuple[float, float]:
-        """Where a newcomer stands: near the middle of the arrival zone."""
-        x, y = self.zone(self.arrival).center
-        half = self.arrival_spread / 2
-        return self.clamp(x + rng.uniform(-half, half), y + rng.uniform(-half, half))
+    def is_free(self, x: float, y: float, others: list[Point]) -> bool:
+        """Whether a person may be placed at (x, y): inside, off furniture, apart from others."""
+        m = self.margin
+        if not (m <= x <= self.width - m and m <= y <= self.height - m):
+            return False
+        if any(item.blocks(x, y, m) for item in self.furniture):
+            return False
+        return all(math.hypot(x - ox, y - oy) >= self.personal_space for ox, oy in others)
+
+    def free_spot(self, rng: random.Random, others: list[Point], area: Rect | None = None) -> Point:
+        """A random free spot in ``area`` (the arrival area by default), else anywhere free.
+
+        With the whole bar crowded it gives the spot it tried that is farthest from anyone.
+        """
+        best, best_room = self.clamp(*(area or self.arrival).center), -1.0
+        for place in (area or self.arrival, Rect(0.0, 0.0, self.width, self.height)):
+            for _ in range(_SPOT_TRIES):
+                x = place.x + rng.random() * place.width
+                y = place.y + rng.random() * place.height
+                if self.is_free(x, y, others):
+                    return (x, y)
+                if self.is_free(x, y, []):
+                    room = min((math.hypot(x - ox, y - oy) for ox, oy in others), default=0.0)
+                    if room > best_room:
+                        best, best_room = (x, y), room
+        return best
 
     def zone_at(self, x: float, y: float) -> Zone | None:
         """The zone holding the point, if any."""
@@ -100,27 +144,34 @@ class BarMap(msgspec.Struct, rename="camel", frozen=True):
 
 
 class DistanceModel(msgspec.Struct, rename="camel", frozen=True):
-    """Gain by distance, as Web Audio's inverse model computes it, plus a mute floor.
+    """Gain by distance: a plateau, a steep roll-off, then silence at the hearing range.
 
     Within ``refDistance`` a voice is at full volume: the size of a
-    conversation at a bar table. Beyond it the gain falls as
-    ``ref / (ref + rolloff * (d - ref))``: steeper than Hubs' 5/5 because a
-    bar is small and loud. The browser feeds the same numbers to a PannerNode
-    (``distanceModel: "inverse"``); below ``muteBelow`` a voice is silenced.
+    conversation at a bar table. Beyond it the gain falls as Web Audio's
+    inverse model does, ``ref / (ref + rolloff * (d - ref))``: steeper than
+    Hubs' 5/5 because a bar is small and loud. From ``fadeFrom`` that curve is
+    also faded out by a raised cosine, which reaches exactly zero at
+    ``hearingRange`` with no step and no kink, so that a voice beyond it is
+    silent and needs no connection at all. Browsers compute this gain
+    themselves and use their PannerNode for direction only: an inverse
+    PannerNode never reaches zero.
     """
 
-    model: str
     ref_distance: float
     rolloff_factor: float
-    max_distance: float
-    mute_below: float
+    fade_from: float
+    hearing_range: float
 
     def gain(self, distance: float) -> float:
-        """Linear gain for a voice ``distance`` meters away."""
-        d = min(max(distance, self.ref_distance), self.max_distance)
+        """Linear gain for a voice ``distance`` meters away: 1 up close, exactly 0 out of range."""
+        if distance >= self.hearing_range:
+            return 0.0
         ref = self.ref_distance
-        gain = ref / (ref + self.rolloff_factor * (d - ref))
-        return 0.0 if gain < self.mute_below else gain
+        gain = ref / (ref + self.rolloff_factor * (max(distance, ref) - ref))
+        if distance > self.fade_from:
+            fade = (distance - self.fade_from) / (self.hearing_range - self.fade_from)
+            gain *= 0.5 * (1 + math.cos(math.pi * fade))
+        return gain
 
     def stereo_gains(
         self, listener: tuple[float, float], source: tuple[float, float]
@@ -169,46 +220,48 @@ BAR = Space(
         width=24.0,
         height=16.0,
         zones=[
-            Zone("Central Bar", 8.0, 0.0, 8.0, 6.0),
-            Zone("Gaming Zone", 0.0, 0.0, 8.0, 8.0),
-            Zone("Lounge", 16.0, 0.0, 8.0, 8.0),
-            Zone("Booths", 0.0, 8.0, 8.0, 8.0),
-            Zone("Dance Floor", 8.0, 6.0, 8.0, 10.0),
-            Zone("Terrace", 16.0, 8.0, 8.0, 8.0),
+            Zone(8.0, 0.0, 8.0, 6.0, name="Central Bar"),
+            Zone(0.0, 0.0, 8.0, 8.0, name="Gaming Zone"),
+            Zone(16.0, 0.0, 8.0, 8.0, name="Lounge"),
+            Zone(0.0, 8.0, 8.0, 8.0, name="Booths"),
+            Zone(8.0, 6.0, 8.0, 10.0, name="Dance Floor"),
+            Zone(16.0, 8.0, 8.0, 8.0, name="Terrace"),
         ],
-        arrival="Central Bar",
-        arrival_spread=3.0,
+        arrival=Rect(9.5, 3.4, 5.0, 2.4),
+        personal_space=1.0,
+        margin=0.3,
         furniture=[
-            Furniture("counter", 9.0, 1.4, 6.0, 0.9),
-            *(Furniture("stool", 9.3 + 1.1 * i, 2.7, 0.5, 0.5) for i in range(6)),
-            *(Furniture("arcade", 0.3, 1.6 + 2.0 * i, 0.9, 1.2) for i in range(3)),
-            Furniture("table", 4.2, 3.6, 1.4, 1.4),
-            Furniture("sofa", 17.0, 1.4, 2.8, 0.9),
-            Furniture("sofa", 20.6, 1.4, 2.8, 0.9),
-            Furniture("table", 18.0, 3.2, 1.2, 1.2),
-            Furniture("table", 21.4, 3.2, 1.2, 1.2),
-            Furniture("sofa", 23.0, 4.4, 0.8, 2.6),
+            Furniture(9.0, 1.4, 6.0, 0.9, kind="counter"),
+            *(Furniture(9.3 + 1.1 * i, 2.7, 0.5, 0.5, kind="stool") for i in range(6)),
+            *(Furniture(0.3, 1.6 + 2.0 * i, 0.9, 1.2, kind="arcade") for i in range(3)),
+            Furniture(4.2, 3.6, 1.4, 1.4, kind="table"),
+            Furniture(17.0, 1.4, 2.8, 0.9, kind="sofa"),
+            Furniture(20.6, 1.4, 2.8, 0.9, kind="sofa"),
+            Furniture(18.0, 3.2, 1.2, 1.2, kind="table"),
+            Furniture(21.4, 3.2, 1.2, 1.2, kind="table"),
+            Furniture(23.0, 4.4, 0.8, 2.6, kind="sofa"),
             *(
-                Furniture("booth", 0.6 + 3.6 * col, 9.4 + 3.3 * row, 3.0, 2.4)
+                Furniture(0.6 + 3.6 * col, 9.4 + 3.3 * row, 3.0, 2.4, kind="booth")
                 for row in range(2)
                 for col in range(2)
             ),
-            Furniture("dancefloor", 9.0, 8.0, 6.0, 6.0),
-            Furniture("dj", 10.8, 14.6, 2.4, 0.8),
+            Furniture(9.0, 8.0, 6.0, 6.0, kind="dancefloor"),
+            Furniture(10.8, 14.6, 2.4, 0.8, kind="dj"),
             *(
-                Furniture("table", 17.5 + 3.0 * col, 9.5 + 3.0 * row, 1.2, 1.2)
+                Furniture(17.5 + 3.0 * col, 9.5 + 3.0 * row, 1.2, 1.2, kind="table")
                 for row in range(2)
                 for col in range(2)
             ),
-            *(Furniture("plant", 16.3 + 6.8 * col, 15.0, 0.7, 0.7) for col in range(2)),
+            *(Furniture(16.3 + 6.8 * col, 15.0, 0.7, 0.7, kind="plant") for col in range(2)),
         ],
     ),
+    # Silent at 11 m: across a zone you still hear the next one faintly, and
+    # the far side of the bar (the map is 24 x 16 m) not at all.
     distance_model=DistanceModel(
-        model="inverse",
         ref_distance=2.0,
         rolloff_factor=2.5,
-        max_distance=30.0,
-        mute_below=0.015,
+        fade_from=6.0,
+        hearing_range=11.0,
     ),
     peer=PeerRules(
         chat=CHAT,

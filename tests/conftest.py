@@ -7,7 +7,7 @@ import itertools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -17,6 +17,9 @@ from playwright.async_api import Browser, async_playwright
 from chatsubo.server.app import HUB, create_app
 from chatsubo.server.config import ServerConfig
 from chatsubo.server.hub import Hub
+
+if TYPE_CHECKING:
+    from tests.browser import Bots, Crowd
 
 #: Generous: this machine has two shared cores.
 DEADLINE = 10.0
@@ -87,6 +90,30 @@ async def browser() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+@pytest.fixture
+async def crowd(make_server: ServerFactory, browser: Browser) -> AsyncIterator[Crowd]:
+    """Visitors in Chromium; closed before the servers stop (``make_server`` is set up first)."""
+    from tests.browser import Crowd
+
+    visitors = Crowd(browser)
+    try:
+        yield visitors
+    finally:
+        await visitors.close()
+
+
+@pytest.fixture
+async def bots(make_server: ServerFactory) -> AsyncIterator[Bots]:
+    """Bot processes; stopped (SIGTERM, then SIGKILL) before the servers stop."""
+    from tests.browser import Bots
+
+    running = Bots()
+    try:
+        yield running
+    finally:
+        await running.close()
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from chatsubo.peer.audio import (
     WavRecorder,
     parse_source,
 )
+from chatsubo.space import BAR
 
 DEADLINE = 10.0
 
@@ -261,6 +262,16 @@ def rms(x: NDArray[Any]) -> float:
     return float(np.sqrt(np.mean(np.square(np.asarray(x, np.float64)))))
 
 
+def settled_mix(position: tuple[float, float], listener: tuple[float, float]) -> NDArray[Any]:
+    """The mix of one source once its fade-in is over (its second frame)."""
+    mixer = SpatialMixer(listener=listener)
+    buffer = fed_buffer()
+    mixer.add("peer", buffer, position)
+    mixer.mix()
+    buffer.push(stereo_tone_frame(440.0))
+    return mixer.mix()
+
+
 def test_mixer_pans_and_attenuates() -> None:
     mixer = SpatialMixer(listener=(10.0, 8.0))
     mixer.add("left", fed_buffer(), (7.0, 8.0))
@@ -269,14 +280,37 @@ def test_mixer_pans_and_attenuates() -> None:
     assert rms(mix[:, 0]) > 2 * rms(mix[:, 1])
 
     def loudness(position: tuple[float, float]) -> float:
-        mixer = SpatialMixer(listener=(10.0, 8.0))
-        mixer.add("peer", fed_buffer(), position)
-        return rms(mixer.mix())
+        return rms(settled_mix(position, listener=(10.0, 8.0)))
 
     assert loudness((10.0, 9.0)) > 3 * loudness((10.0, 15.0)) > 0
 
     # With nothing buffered a source adds silence, not stale audio.
     assert not mixer.mix().any()
+
+
+def test_a_source_at_one_meter_plays_at_full_gain() -> None:
+    mix = settled_mix((10.0, 7.0), listener=(10.0, 8.0))
+    source = rms(ToneSource(440.0).read() / 32768)
+    # Equal-power panning: the two channels' powers add up to the source's.
+    assert rms(mix[:, 0]) ** 2 + rms(mix[:, 1]) ** 2 == pytest.approx(source**2, rel=1e-3)
+
+
+def test_a_source_beyond_the_hearing_range_contributes_nothing() -> None:
+    hearing = BAR.distance_model.hearing_range
+    assert not settled_mix((10.0 + hearing + 0.5, 8.0), listener=(10.0, 8.0)).any()
+    assert not settled_mix((10.0, 8.0 + hearing), listener=(10.0, 8.0)).any()
+
+
+def test_walking_away_glides_the_gain_down_within_a_frame() -> None:
+    mixer = SpatialMixer(listener=(10.0, 8.0))
+    buffer = fed_buffer()
+    mixer.add("peer", buffer, (10.0, 7.0))
+    mixer.mix()
+    buffer.push(stereo_tone_frame(440.0))
+    mixer.move("peer", (10.0, 30.0))
+    fading = mixer.mix()[:, 0]
+    # From full towards silence across the frame, not at once.
+    assert rms(fading[:240]) > 2 * rms(fading[-240:]) > 0
 
 
 def test_pcm_buffer_level() -> None:

@@ -128,5 +128,6 @@ async def test_welcome_carries_limits_and_no_stun(
         "maxRoomSize": 10,
         "maxMessageBytes": 65536,
         "messagesPerSecond": 200.0,
+        "grace": 20.0,
     }
     assert len(a.peer_id) >= 22

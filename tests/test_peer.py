@@ -45,7 +45,7 @@ async def make_peer(server: RunningServer) -> AsyncIterator[PeerMaker]:
         if tone is not None:
             audio = AudioOut(ToneSource(tone))
             outs.append(audio)
-        signaling = SignalingOptions(url=url or server.url, backoff_max=0.5)
+        signaling = SignalingOptions(url=url or server.url)
         peer = MeshPeer(room, name, signaling, options, audio=audio)
         peers.append(peer)
         return peer

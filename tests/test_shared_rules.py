@@ -98,6 +98,64 @@ async def test_the_browser_decodes_every_case_as_the_fixture_says(
     assert not wrong, "\n".join(wrong)
 
 
+#: Runs the page's twins of Python's pure rules on the same arguments.
+_BROWSER_RULES = """
+async (cases) => {
+  const protocol = await import("/protocol.js");
+  const space = await import("/space.js");
+  const rules = await protocol.loadProtocol();
+  const bar = await space.loadSpace();
+  return {
+    gains: cases.distances.map((d) => space.distanceGain(bar.distanceModel, d)),
+    delays: cases.delays.map(([n, t, draw]) => protocol.reconnectDelay(rules, n, t, draw)),
+    closing: cases.closing.map(([code, error]) => protocol.closeMessage(rules, code, error)),
+    free: cases.free.map(([x, y, others]) => space.isFree(bar.map, x, y, others)),
+  };
+}
+"""
+
+
+async def test_the_browser_computes_the_shared_rules_as_python_does(
+    server: RunningServer, browser: Browser
+) -> None:
+    bar = BAR.map
+    rng = random.Random(3)
+    others = [(rng.uniform(0, bar.width), rng.uniform(0, bar.height)) for _ in range(6)]
+    cases: dict[str, list[Any]] = {
+        "distances": [0.05 * i for i in range(300)],
+        "delays": [
+            [n, outage, draw]
+            for n in range(6)
+            for outage in (0, 59.9, 60)
+            for draw in (0, 0.5, 0.99)
+        ],
+        "closing": [
+            [1008, "bad_origin"],
+            [1008, "rate_limited"],
+            [1008, None],
+            [4000, None],
+            [1012, "bad_origin"],
+            [1006, None],
+            [None, None],
+        ],
+        "free": [
+            [x, y, others]
+            for x, y in [(rng.uniform(-1, 25), rng.uniform(-1, 17)) for _ in range(400)]
+        ],
+    }
+    page = await browser.new_page()
+    await page.goto(f"{server.url}/healthz")
+    got = await page.evaluate(_BROWSER_RULES, cases)
+    model = BAR.distance_model
+    assert got["gains"] == pytest.approx([model.gain(d) for d in cases["distances"]], abs=1e-12)
+    assert got["delays"] == pytest.approx([p.reconnect_delay(*c) for c in cases["delays"]])
+    assert got["closing"] == [p.closing_words(*c) for c in cases["closing"]]
+    expected_free = [bar.is_free(x, y, others) for x, y, _ in cases["free"]]
+    assert got["free"] == expected_free
+    assert any(expected_free)
+    assert not all(expected_free)
+
+
 async def test_the_client_rules_are_served_as_python_defines_them(server: RunningServer) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{server.url}/api/protocol") as response:
@@ -115,13 +173,9 @@ async def test_the_client_rules_are_served_as_python_defines_them(server: Runnin
     assert served["nameMaxChars"] == p.NAME_MAX_CHARS
     assert space["peer"]["chatIdMaxChars"] == channels.CHAT_ID_MAX_CHARS
     assert space["peer"]["zoneMaxChars"] == p.ZONE_MAX_CHARS
-    assert space["map"]["arrival"] == BAR.map.arrival
+    assert space["map"]["personalSpace"] == BAR.map.personal_space
     defaults = SignalingOptions()
-    assert (defaults.backoff_min, defaults.backoff_max, defaults.heartbeat) == (
-        served["backoffMin"],
-        served["backoffMax"],
-        served["pingInterval"],
-    )
+    assert defaults.heartbeat == served["pingInterval"]
 
 
 def test_close_codes_tell_a_client_what_to_do() -> None:
@@ -131,12 +185,22 @@ def test_close_codes_tell_a_client_what_to_do() -> None:
     assert p.reconnect_after(None) is p.Reconnect.BACKOFF
 
 
-def test_newcomers_arrive_near_the_middle_of_the_arrival_zone() -> None:
-    zone = BAR.map.zone(BAR.map.arrival)
+def test_newcomers_get_free_spots_in_front_of_the_counter() -> None:
+    bar = BAR.map
     rng = random.Random(7)
-    spots = [BAR.map.arrival_spot(rng) for _ in range(200)]
-    half = BAR.map.arrival_spread / 2
-    cx, cy = zone.center
-    assert all(abs(x - cx) <= half and abs(y - cy) <= half for x, y in spots)
-    assert all(BAR.map.zone_at(x, y) == zone for x, y in spots)
-    assert len(set(spots)) == len(spots), "newcomers do not stand on each other"
+    spots: list[tuple[float, float]] = []
+    for _ in range(8):
+        spots.append(bar.free_spot(rng, spots))
+    assert all(bar.arrival.contains(x, y) for x, y in spots)
+    for i, (x, y) in enumerate(spots):
+        assert bar.is_free(x, y, spots[:i] + spots[i + 1 :]), (x, y)
+        assert not any(item.blocks(x, y, 0.0) for item in bar.furniture)
+
+
+def test_a_crowded_arrival_area_sends_newcomers_elsewhere_free() -> None:
+    bar = BAR.map
+    a = bar.arrival
+    crowd = [(a.x + 0.5 * i, a.y + 0.5 * j) for i in range(11) for j in range(6)]
+    x, y = bar.free_spot(random.Random(1), crowd)
+    assert bar.is_free(x, y, crowd)
+    assert not a.contains(x, y)

@@ -163,7 +163,7 @@ async def test_waits_for_a_server_that_is_not_up_yet(make_client: ClientMaker) -
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client, events = make_client(f"http://127.0.0.1:{port}", "Early", backoff_max=0.5)
+    client, events = make_client(f"http://127.0.0.1:{port}", "Early")
     connecting = asyncio.create_task(client.connect())
     await poll(lambda: events.of("connectionstatechange") == ["connecting"])
     assert not connecting.done()

@@ -18,12 +18,28 @@ def test_full_volume_within_conversation_distance() -> None:
     assert MODEL.gain(MODEL.ref_distance) == 1.0
 
 
-def test_gain_falls_steeply_then_mutes() -> None:
-    gains = [MODEL.gain(d) for d in (2.5, 4.0, 8.0, 16.0)]
-    assert gains == sorted(gains, reverse=True)
+def test_gain_falls_steeply_then_reaches_exactly_zero_at_the_hearing_range() -> None:
+    distances = [MODEL.ref_distance + 0.01 * i for i in range(1200)]
+    gains = [MODEL.gain(d) for d in distances]
+    assert all(a > b for a, b in zip(gains, gains[1:], strict=False) if a > 0)
     assert MODEL.gain(4.0) < 0.5
-    assert MODEL.gain(10.0) > MODEL.mute_below
-    assert MODEL.gain(MODEL.max_distance * 10) == MODEL.gain(MODEL.max_distance)
+    assert MODEL.gain(MODEL.hearing_range) == 0.0
+    assert MODEL.gain(MODEL.hearing_range - 0.01) > 0.0
+    assert MODEL.gain(100.0) == 0.0
+
+
+def test_the_fade_has_no_step() -> None:
+    """No jump where the fade begins or ends: neighbouring centimetres differ by under 1 %."""
+    for edge in (MODEL.fade_from, MODEL.hearing_range):
+        below, above = MODEL.gain(edge - 0.005), MODEL.gain(edge + 0.005)
+        assert below - above < 0.01 * MODEL.gain(MODEL.fade_from)
+
+
+def test_the_far_side_of_the_bar_is_silent() -> None:
+    bar = BAR.map
+    assert MODEL.hearing_range < min(bar.width, bar.height)
+    west, east = bar.zone("Gaming Zone").center, bar.zone("Lounge").center
+    assert MODEL.stereo_gains(west, east) == (0.0, 0.0)
 
 
 def test_panning_follows_direction_with_equal_power() -> None:
@@ -64,6 +80,7 @@ async def test_served_definition_is_the_python_one(server: RunningServer) -> Non
     assert msgspec.json.decode(body, type=Space) == BAR
     served = msgspec.json.decode(body)
     assert served["distanceModel"]["refDistance"] == MODEL.ref_distance
+    assert served["distanceModel"]["hearingRange"] == MODEL.hearing_range
     assert served["map"]["zones"][0]["name"] == "Central Bar"
     # The Python peer's link timing is the one the browser is served.
     options = PeerOptions()

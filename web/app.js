@@ -6,7 +6,7 @@ import { BarMap } from "./map.js";
 import { MeshPeer } from "./mesh.js";
 import { loadProtocol } from "./protocol.js";
 import { SignalingClient } from "./signaling.js";
-import { arrivalSpot, loadSpace, zoneAt } from "./space.js";
+import { freeSpot, isFree, loadSpace, zoneAt } from "./space.js";
 
 const NAME_KEY = "chatsubo.name";
 const DEFAULT_ROOM = "chatsubo-main";
@@ -92,6 +92,9 @@ class Lobby {
     this.signaling = signaling;
     this.enter = enter;
     this.lastAttempt = null;
+    this.busy = false;
+    /** Connected, with a room list fresh since: only then can anyone join. */
+    this.online = false;
     this.name = $("name");
     this.room = $("room-field");
     this.name.maxLength = signaling.rules.nameMaxChars;
@@ -141,8 +144,20 @@ class Lobby {
   }
 
   setBusy(busy) {
-    $("join").disabled = busy;
+    this.busy = busy;
     $("join").textContent = busy ? "Joining…" : "Join";
+    this._renderDoors();
+  }
+
+  /** Joining needs the server, and one join at a time; a full room takes nobody. */
+  _renderDoors() {
+    const shut = this.busy || !this.online;
+    $("join").disabled = shut;
+    $("create").disabled = shut;
+    $("rooms").dataset.stale = String(!this.online);
+    for (const button of $("rooms").querySelectorAll("button.join-room")) {
+      button.disabled = shut || button.classList.contains("full");
+    }
   }
 
   hideError() {
@@ -152,18 +167,26 @@ class Lobby {
   renderStatus(state) {
     const words = {
       connecting: "Finding the bar…",
-      reconnecting: "Lost the server; trying again…",
+      reconnecting: "Can't reach the server; trying again…",
       closed: "Disconnected. Reload the page to come back.",
     };
     $("lobby-status").textContent = words[state] ?? "";
     $("lobby-status").hidden = !(state in words);
+    $("lobby-status").dataset.state = state;
+    // Back online once the fresh room list arrives (renderRooms).
+    if (state !== "connected" && this.online) {
+      this.online = false;
+      this._renderDoors();
+    }
     if (state === "connected" && $("lobby-error").dataset.code === "unreachable") this.hideError();
   }
 
   renderRooms(rooms) {
     const list = $("rooms");
+    this.online = this.signaling.connectionState === "connected";
     if (rooms.length === 0) {
       list.replaceChildren(make("li", "Nobody is in yet. Be the first: join any room.", "empty"));
+      this._renderDoors();
       return;
     }
     list.replaceChildren(
@@ -177,9 +200,10 @@ class Lobby {
           .map(([zone, n]) => `${zone} (${plural(n, "user")})`)
           .join(", ");
         const details = make("span", zones || plural(room.count, "user"), "room-zones");
-        const button = make("button", room.count >= room.capacity ? "Full" : "Join", "join-room");
+        const full = room.count >= room.capacity;
+        const button = make("button", full ? "Full" : "Join", full ? "join-room full" : "join-room");
         button.type = "button";
-        button.setAttribute("aria-label", `Join ${room.roomId}`);
+        button.setAttribute("aria-label", full ? `${room.roomId} is full` : `Join ${room.roomId}`);
         button.addEventListener("click", () => {
           this.room.value = room.roomId;
           this.join(room.roomId);
@@ -188,6 +212,7 @@ class Lobby {
         return item;
       }),
     );
+    this._renderDoors();
   }
 }
 
@@ -203,6 +228,10 @@ class Room {
     this.map = null;
     this.mic = null;
     this.zone = null;
+    /** Where we appeared, while we still stand there and may step aside (see _settle). */
+    this._arrivedAt = null;
+    /** Who was in the room before us and has not told us yet where they stand. */
+    this._unplaced = null;
     /** peerId -> {name, zone, item, speakingUntil, announce} */
     this.people = new Map();
     this._off = [];
@@ -230,7 +259,10 @@ class Room {
     const s = this.signaling;
     const p = this.peer;
     this._off.push(
-      s.on("peer_list", (m) => m.peers.forEach((info) => this._addPerson(info, false))),
+      s.on("peer_list", (m) => {
+        this._unplaced ??= new Set(m.peers.map((info) => info.peerId));
+        m.peers.forEach((info) => this._addPerson(info, false));
+      }),
       s.on("peer_joined", (m) => this._addPerson(m, !m.resumed)),
       s.on("peer_left", (m) => this._removePerson(m.peerId)),
       s.on("peer_updated", (m) => this._updatePerson(m.peerId, m.name, m.zone ?? null)),
@@ -257,7 +289,8 @@ class Room {
     this.map.setPerson(this.peer.peerId, this.name, true);
     this.map.on("move", ({ x, y }) => this._walked(x, y));
     for (const [peerId, person] of this.people) this.map.setPerson(peerId, person.name);
-    const [x, y] = arrivalSpot(this.space.map);
+    const [x, y] = freeSpot(this.space.map, this._others());
+    this._arrivedAt = [x, y];
     this.map.jump(x, y);
     this._renderStatus(this.signaling.connectionState);
     this._renderCount();
@@ -356,7 +389,10 @@ class Room {
     const person = this.people.get(peerId);
     if (person === undefined) return;
     person.name = name;
-    person.item.querySelector(".who").textContent = name;
+    const who = person.item.querySelector(".who");
+    who.textContent = name;
+    // A long name is cut short on screen; hovering shows it whole.
+    who.title = name;
     person.item.querySelector("label").textContent = `Volume for ${name}`;
     this.map?.setPerson(peerId, name);
     this._setZone(person, zone);
@@ -437,6 +473,27 @@ class Room {
     this.audio.move(peerId, position.x, position.y);
     const person = this.people.get(peerId);
     if (person !== undefined && person.zone !== zone) this._setZone(person, zone);
+    this._settle(peerId);
+  }
+
+  /** Where everyone we are connected to stands, as far as we have heard. */
+  _others() {
+    return [...this.peer.links.values()].filter((l) => l.position !== null).map((l) => [l.position.x, l.position.y]);
+  }
+
+  /**
+   * Step aside if someone who was here first turns out to stand where we
+   * appeared: checked once for each of them, on their first position, while
+   * we have not walked yet. They never move for us (as Bot._settle).
+   */
+  _settle(peerId) {
+    if (!this._unplaced?.delete(peerId) || this._arrivedAt === null) return;
+    const [x, y] = this.audio.listener;
+    if (x !== this._arrivedAt[0] || y !== this._arrivedAt[1]) return;
+    const others = this._others();
+    if (isFree(this.space.map, x, y, others)) return;
+    this._arrivedAt = freeSpot(this.space.map, others);
+    this.map.jump(...this._arrivedAt);
   }
 
   /** Our own avatar moved: tell the others, move our ears, and tell the lobby our zone. */
@@ -455,11 +512,13 @@ class Room {
     const name = own ? this.name : (this.people.get(peerId)?.name ?? "someone");
     const line = make("li", "", own ? "chat-line own" : "chat-line");
     line.dataset.from = peerId;
-    line.append(make("span", name, "who"), make("span", text, "text"));
+    // The colon is text, so that a copied line and a screen reader get "name: text".
+    line.append(make("span", name, "who"), ": ", make("span", text, "text"));
     const log = $("chat-log");
     log.append(line);
     while (log.children.length > MAX_CHAT_LINES) log.firstElementChild.remove();
-    line.scrollIntoView({ block: "nearest" });
+    // Scroll the log, not the page: on a phone the page would jump away from the map.
+    log.scrollTop = log.scrollHeight;
   }
 
   _notice(text) {

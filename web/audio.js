@@ -6,12 +6,14 @@ import { distanceGain } from "./space.js";
 
 /** Seconds for gains and positions to glide to a new value: never a jump. */
 const GLIDE = 0.1;
+/** Seconds over which a gain ramps to a new value; ramps, unlike setTargetAtTime, reach 0. */
+const GAIN_RAMP = 0.25;
 /** Below this level (dBFS) a voice counts as silent. */
 const SPEAKING_DBFS = -50;
 
 /** One remote voice: muted <audio> (the Chrome workaround), gain, panner, level meter. */
 class Voice {
-  constructor(context, stream, model) {
+  constructor(context, stream) {
     // Chrome feeds Web Audio silence from a remote stream unless a media
     // element also plays it (Chromium bugs 933677, 121673).
     this.element = new Audio();
@@ -25,13 +27,9 @@ class Voice {
     this.gain = context.createGain();
     // New voices fade in from silence.
     this.gain.gain.value = 0;
-    this.panner = new PannerNode(context, {
-      panningModel: "HRTF",
-      distanceModel: model.model,
-      refDistance: model.refDistance,
-      rolloffFactor: model.rolloffFactor,
-      maxDistance: model.maxDistance,
-    });
+    // Direction only: the distance gain is ours (distanceGain), because an
+    // inverse PannerNode never falls to zero. With no roll-off it keeps 1.
+    this.panner = new PannerNode(context, { panningModel: "HRTF", rolloffFactor: 0 });
     this.source.connect(this.analyser);
     this.source.connect(this.gain).connect(this.panner).connect(context.destination);
     this.volume = 1;
@@ -78,7 +76,7 @@ export class SpatialAudio {
   /** Play `peerId`'s stream from `position` ([x, y] in meters; where we stand if unknown). */
   add(peerId, stream, position = null) {
     this.remove(peerId);
-    const voice = new Voice(this.context, stream, this.model);
+    const voice = new Voice(this.context, stream);
     this.voices.set(peerId, voice);
     voice.position = position ?? this.listener;
     voice.volume = this.volumes.get(peerId) ?? 1;
@@ -146,11 +144,13 @@ export class SpatialAudio {
     this._setGain(voice);
   }
 
-  /** The panner does the distance roll-off; this gain adds the mute floor and our volume. */
+  /** The shared distance model times our own volume, ramped from wherever the gain is now. */
   _setGain(voice) {
     const [x, y] = voice.position;
     const distance = Math.hypot(x - this.listener[0], y - this.listener[1]);
-    const audible = distanceGain(this.model, distance) > 0 ? 1 : 0;
-    voice.gain.gain.setTargetAtTime(audible * voice.volume, this.context.currentTime, GLIDE);
+    const gain = voice.gain.gain;
+    const now = this.context.currentTime;
+    gain.cancelAndHoldAtTime(now);
+    gain.linearRampToValueAtTime(distanceGain(this.model, distance) * voice.volume, now + GAIN_RAMP);
   }
 }

@@ -20,6 +20,24 @@ export function reconnectAfter(rules, code) {
   return closeRule(rules, code)?.reconnect ?? "backoff";
 }
 
+/** Why the server closed the socket, in plain words: protocol.closing_words in Python. */
+export function closeMessage(rules, code, errorCode = null) {
+  const rule = closeRule(rules, code);
+  if (rule === undefined) return code ? `the connection closed (${code})` : "the connection dropped";
+  return rule.reasons[errorCode ?? ""] ?? rule.meaning;
+}
+
+/**
+ * Seconds to wait before reconnect attempt `attempt` (0 first) of an outage
+ * that began `outage` seconds ago; `draw` is a random number in [0, 1).
+ * protocol.reconnect_delay in Python gives the same.
+ */
+export function reconnectDelay(rules, attempt, outage, draw) {
+  const delays = rules.reconnectDelays;
+  const base = outage >= rules.fastReconnectFor ? rules.reconnectMax : delays[Math.min(attempt, delays.length - 1)];
+  return base * (1 - rules.reconnectJitter * draw);
+}
+
 /** A trickled candidate's line: `candidate:...`, or empty for the end of candidates. */
 const CANDIDATE = /^(?:candidate:[^\r\n]*)?$/;
 

@@ -7,7 +7,7 @@
 // message sent and received here.
 
 import { Emitter } from "./events.js";
-import { closeRule, reconnectAfter } from "./protocol.js";
+import { closeMessage, reconnectAfter, reconnectDelay } from "./protocol.js";
 
 /** The server refused a request: `code` is one of the protocol's error codes. */
 export class SignalingError extends Error {
@@ -51,8 +51,16 @@ export class SignalingClient extends Emitter {
     this.room = null;
     this._watching = false;
     this._ws = null;
-    this._delay = this._backoffMin;
+    /** Reconnect attempts in this outage, and when it began (ms), for reconnectDelay. */
+    this._attempt = 0;
+    this._outageBegan = null;
     this._retryTimer = null;
+    /** The code of the last `error`: with the close code, it says why we were closed. */
+    this._lastError = null;
+    /** Everyone in the room as far as we know, and a timer for each a rejoin did not list. */
+    this._members = new Set();
+    this._unconfirmed = new Map();
+    this._grace = 0;
     this._pingTimer = null;
     this._lastHeard = 0;
     this._pendingJoin = null;
@@ -71,12 +79,8 @@ export class SignalingClient extends Emitter {
     if (this._ws !== null || this._closed) return;
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
-    this._delay = this._backoffMin;
+    this._attempt = 0;
     this._open();
-  }
-
-  get _backoffMin() {
-    return this.rules.backoffMin * 1000;
   }
 
   /** Stop for good: leave the room and close the socket. */
@@ -84,6 +88,7 @@ export class SignalingClient extends Emitter {
     this._closed = true;
     clearTimeout(this._retryTimer);
     clearInterval(this._pingTimer);
+    this._forgetMembers();
     this._rejectJoin(new SignalingError("closed", "closed before joining"));
     if (this._ws !== null) {
       this._send({ type: "leave" });
@@ -123,6 +128,7 @@ export class SignalingClient extends Emitter {
     this.room = null;
     this.resumeToken = null;
     this.zone = null;
+    this._forgetMembers();
     this._rejectJoin(new SignalingError("closed", "left before joining"));
     this._send({ type: "leave" });
   }
@@ -180,9 +186,10 @@ export class SignalingClient extends Emitter {
     const reconnect = reconnectAfter(this.rules, code);
     if (reconnect === "never") {
       this.room = null;
+      this._forgetMembers();
       this._setState("closed");
-      const meaning = closeRule(this.rules, code).meaning;
-      this.emit("server_error", { type: "error", code: "closed", closeCode: code, message: `Disconnected: ${meaning}.` });
+      const why = closeMessage(this.rules, code, this._lastError);
+      this.emit("server_error", { type: "error", code: "closed", closeCode: code, message: `Disconnected: ${why}.` });
       return;
     }
     this._setState(this.peerId === null ? "connecting" : "reconnecting");
@@ -191,16 +198,22 @@ export class SignalingClient extends Emitter {
       this.room = null;
       this._rejectJoin(new SignalingError("unreachable", "the server cannot be reached"));
     }
+    this._outageBegan ??= Date.now();
     // After a restart the server is coming straight back: only spread the herd out.
-    const wait = reconnect === "at_once" ? Math.random() * this._backoffMin : this._delay * (0.5 + Math.random());
-    if (reconnect === "backoff") this._delay = Math.min(this._delay * 2, this.rules.backoffMax * 1000);
-    this._retryTimer = setTimeout(() => this._open(), wait);
+    const seconds =
+      reconnect === "at_once"
+        ? Math.random() * this.rules.restartSpread
+        : reconnectDelay(this.rules, this._attempt++, (Date.now() - this._outageBegan) / 1000, Math.random());
+    this._retryTimer = setTimeout(() => this._open(), seconds * 1000);
   }
 
   _greeted(welcome) {
     this.iceServers = welcome.iceServers;
+    this._grace = welcome.limits.grace;
+    this._lastError = null;
     if (this.resumeToken === null) this.peerId = welcome.peerId;
-    this._delay = this._backoffMin;
+    this._attempt = 0;
+    this._outageBegan = null;
     this._lastHeard = Date.now();
     this._pingTimer = setInterval(() => this._ping(), this.rules.pingInterval * 1000);
     if (this._watching) this._write({ type: "watch_rooms" });
@@ -243,12 +256,22 @@ export class SignalingClient extends Emitter {
         this.resumeToken = message.resumeToken ?? this.resumeToken;
         this._setState("connected");
         if (this.zone !== null) this._write({ type: "update", zone: this.zone });
+        this._confirm(new Set(message.peers.map((info) => info.peerId)));
         this.emit("peer_list", message);
         this._pendingJoin?.resolve(message);
         this._pendingJoin = null;
         break;
       case "error":
+        this._lastError = message.code;
         this._error(message);
+        break;
+      case "peer_joined":
+        this._arrived(message.peerId);
+        this.emit(message.type, message);
+        break;
+      case "peer_left":
+        this._gone(message.peerId);
+        this.emit(message.type, message);
         break;
       case "pong":
         break;
@@ -278,6 +301,40 @@ export class SignalingClient extends Emitter {
     // A rejoin was refused (the room filled up meanwhile): report it, try again later.
     this.emit("server_error", error);
     this._ws?.close();
+  }
+
+  // --- who is in the room: after a rejoin, those not listed get the grace period --
+
+  _confirm(listed) {
+    for (const peerId of this._members) {
+      if (listed.has(peerId) || this._unconfirmed.has(peerId)) continue;
+      this._unconfirmed.set(peerId, setTimeout(() => this._expire(peerId), this._grace * 1000));
+    }
+    for (const peerId of listed) this._arrived(peerId);
+  }
+
+  _arrived(peerId) {
+    this._members.add(peerId);
+    clearTimeout(this._unconfirmed.get(peerId));
+    this._unconfirmed.delete(peerId);
+  }
+
+  _gone(peerId) {
+    this._members.delete(peerId);
+    clearTimeout(this._unconfirmed.get(peerId));
+    this._unconfirmed.delete(peerId);
+  }
+
+  /** A peer that left while we were away: told as the server would have told it. */
+  _expire(peerId) {
+    this._gone(peerId);
+    this.emit("peer_left", { type: "peer_left", peerId, reason: "timeout" });
+  }
+
+  _forgetMembers() {
+    for (const timer of this._unconfirmed.values()) clearTimeout(timer);
+    this._unconfirmed.clear();
+    this._members.clear();
   }
 
   _rejectJoin(error) {

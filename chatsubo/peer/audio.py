@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import math
 import os
@@ -482,8 +483,21 @@ class AudioIn:
         await asyncio.wait({self._task}, timeout=1.0)
 
 
+@dataclasses.dataclass
+class _Voice:
+    """One source in the mix: where it stands, and the gains it was last mixed at."""
+
+    source: MonoPcm
+    position: tuple[float, float]
+    gains: tuple[float, float] = (0.0, 0.0)
+
+
 class SpatialMixer:
-    """Mixes each source's next 20 ms into one stereo frame, as heard from the listener."""
+    """Mixes each source's next 20 ms into one stereo frame, as heard from the listener.
+
+    Gains follow the shared distance model and glide across each frame from
+    the last frame's, so that walking never clicks; a new source fades in.
+    """
 
     def __init__(
         self,
@@ -492,29 +506,36 @@ class SpatialMixer:
     ) -> None:
         self.listener = listener
         self.model = model
-        self._sources: dict[str, tuple[MonoPcm, tuple[float, float]]] = {}
+        self._voices: dict[str, _Voice] = {}
 
     def add(self, peer_id: str, source: MonoPcm, position: tuple[float, float]) -> None:
         """Start mixing a peer's audio (an :class:`AudioIn`) heard from ``position``."""
-        self._sources[peer_id] = (source, position)
+        self._voices[peer_id] = _Voice(source, position)
 
     def move(self, peer_id: str, position: tuple[float, float]) -> None:
         """A peer moved; unknown peers are ignored since positions may outrun tracks."""
-        if peer_id in self._sources:
-            self._sources[peer_id] = (self._sources[peer_id][0], position)
+        voice = self._voices.get(peer_id)
+        if voice is not None:
+            voice.position = position
 
     def remove(self, peer_id: str) -> None:
         """Stop mixing a peer."""
-        self._sources.pop(peer_id, None)
+        self._voices.pop(peer_id, None)
 
     def mix(self) -> Stereo:
         """The next 960 stereo samples, shape (960, 2), clipped to [-1, 1]."""
         out = np.zeros((FRAME_SAMPLES, 2), np.float32)
-        for source, position in self._sources.values():
-            pcm = source.take(FRAME_SAMPLES)
-            left, right = self.model.stereo_gains(self.listener, position)
-            if left or right:
-                out += pcm[:, None] * np.array([left, right], np.float32)
+        for voice in self._voices.values():
+            # Taken even when silent, so that nothing stale plays on coming near.
+            pcm = voice.source.take(FRAME_SAMPLES)
+            gains = self.model.stereo_gains(self.listener, voice.position)
+            if gains == voice.gains:
+                if gains != (0.0, 0.0):
+                    out += pcm[:, None] * np.array(gains, np.float32)
+                continue
+            ramp = np.linspace(voice.gains, gains, FRAME_SAMPLES, dtype=np.float32)
+            out += pcm[:, None] * ramp
+            voice.gains = gains
         clipped: Stereo = np.clip(out, -1.0, 1.0)
         return clipped
 

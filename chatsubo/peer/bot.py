@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -19,9 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .. import protocol as p
 from ..channels import POSITION_RATE, Chat, Position
 from ..commandline import add_log_level, configure_logging, positive_float, positive_int
-from ..space import BAR, Zone
+from ..space import BAR, Point, Rect, Zone
 from .audio import (
     AudioIn,
     AudioOut,
@@ -49,7 +49,10 @@ class BotOptions:
     seed: int
     record: str | None
     speaker: bool
-    position: tuple[float, float]
+    position: Point
+    #: Where to look for a free spot should someone stand too close on arrival;
+    #: None for a bot told exactly where to stand.
+    settle_in: Rect | None
     wander: bool
     say: str | None
     every: float
@@ -71,6 +74,12 @@ class Bot:
         )
         self.mixer = SpatialMixer(listener=options.position)
         self.position = options.position
+        self._rng = random.Random(options.seed)
+        #: Where we appeared, while we still stand there and may step aside
+        #: (see _settle); None for a bot told exactly where to stand.
+        self._arrived_at = None if options.settle_in is None else options.position
+        #: Who was in the room before us and has not told us yet where they stand.
+        self._unplaced: set[str] | None = None
         self._sinks: list[WavRecorder | Speaker] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.peer.on("peerconnected", lambda pid: self._report("peer_connected", peer=pid))
@@ -84,6 +93,12 @@ class Bot:
         )
         signaling.on(
             "peer_left", lambda m: self._report("peer_left", peer=m.peer_id, reason=m.reason.value)
+        )
+        signaling.on("peer_updated", self._on_updated)
+        signaling.on("peer_list", self._on_peer_list)
+        signaling.on(
+            "retrying",
+            lambda url, why, wait: self._report("retrying", url=url, why=why, seconds=wait),
         )
         signaling.on("connectionstatechange", lambda state: self._report("signaling", state=state))
 
@@ -123,6 +138,14 @@ class Bot:
     def _on_position(self, peer_id: str, position: Position) -> None:
         self.mixer.move(peer_id, (position.x, position.y))
         self._report("position", peer=peer_id, x=position.x, y=position.y, zone=position.zone)
+        self._settle(peer_id)
+
+    def _on_peer_list(self, message: p.PeerList) -> None:
+        if self._unplaced is None:
+            self._unplaced = {info.peer_id for info in message.peers}
+
+    def _on_updated(self, message: p.PeerUpdated) -> None:
+        self._report("peer_updated", peer=message.peer_id, name=message.name, zone=message.zone)
 
     def _on_chat(self, peer_id: str, chat: Chat) -> None:
         sender = self._name_of(peer_id)
@@ -144,6 +167,43 @@ class Bot:
         self.peer.move(*self.position, zone.name if zone else None)
         return zone
 
+    def _others(self) -> list[Point]:
+        """Where everyone we are connected to stands, as far as we have heard."""
+        return [
+            (link.position.x, link.position.y)
+            for link in self.peer.links.values()
+            if link.position is not None
+        ]
+
+    def _settle(self, peer_id: str) -> None:
+        """Step aside if someone who was here first turns out to stand where we appeared.
+
+        We learn where people stand only once our links are up, so a
+        newcomer's first spot ignores them. Each one who was here before us
+        is checked once, on their first position, and only while we still
+        stand where we appeared; they never move for us.
+        """
+        if self._unplaced is None or peer_id not in self._unplaced:
+            return
+        self._unplaced.discard(peer_id)
+        area = self.options.settle_in
+        if area is None or self.position != self._arrived_at:
+            return
+        others = self._others()
+        if BAR.map.is_free(*self.position, others):
+            return
+        zone = self.move(*BAR.map.free_spot(self._rng, others, area))
+        self._arrived_at = self.position
+        self._spawn_update(zone)
+
+    def _spawn_update(self, zone: Zone | None) -> None:
+        task = asyncio.create_task(self._tell_zone(zone))
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _tell_zone(self, zone: Zone | None) -> None:
+        await self.peer.signaling.update(zone=zone.name if zone else None)
+
     async def start(self) -> None:
         """Open the sinks, join, and start the habits."""
         if self.options.speaker:
@@ -153,24 +213,30 @@ class Bot:
         await self.peer.start()
         self._report("joined", peer=self.peer.peer_id, room=self.options.room)
         zone = self.move(*self.position)
-        await self.peer.signaling.update(zone=zone.name if zone else None)
+        await self._tell_zone(zone)
         if self.options.wander:
             self._tasks.append(asyncio.create_task(self._wander()))
         if self.options.say:
             self._tasks.append(asyncio.create_task(self._chatter(self.options.say)))
 
     async def _wander(self) -> None:
-        """A random walk inside the bar, at a stroll."""
-        heading = random.uniform(0, 2 * math.pi)
-        zone = None
+        """A random walk at a stroll, around furniture and people rather than into them."""
+        heading = self._rng.uniform(0, 2 * math.pi)
+        zone = BAR.map.zone_at(*self.position)
         while True:
             await asyncio.sleep(1 / POSITION_RATE)
-            heading += random.gauss(0, 0.4)
+            heading += self._rng.gauss(0, 0.4)
             x, y = self.position
-            here = self.move(x + 0.12 * math.cos(heading), y + 0.12 * math.sin(heading))
+            step = (x + 0.12 * math.cos(heading), y + 0.12 * math.sin(heading))
+            others = self._others()
+            if not BAR.map.is_free(*step, others) and not _roomier(step, self.position, others):
+                # Blocked: turn somewhere else and try again next time.
+                heading += self._rng.uniform(math.pi / 2, 3 * math.pi / 2)
+                continue
+            here = self.move(*step)
             if here is not zone:
                 zone = here
-                await self.peer.signaling.update(zone=here.name if here else None)
+                await self._tell_zone(here)
 
     async def _chatter(self, text: str) -> None:
         while True:
@@ -187,6 +253,20 @@ class Bot:
             await sink.stop()
         self.audio.stop()
         self._report("left")
+
+
+def _roomier(step: Point, here: Point, others: list[Point]) -> bool:
+    """Whether ``step`` is off furniture and farther from the nearest person than ``here``.
+
+    Lets a bot that someone walked up to step away, though the step is not yet free.
+    """
+    if not BAR.map.is_free(*step, []):
+        return False
+
+    def nearest(point: Point) -> float:
+        return min((math.hypot(point[0] - x, point[1] - y) for x, y in others), default=math.inf)
+
+    return nearest(step) > nearest(here)
 
 
 def _position(text: str) -> tuple[float, float]:
@@ -226,10 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--position",
         type=_position,
         metavar="X,Y",
-        help=f"where to stand, meters (default: near the middle of the {BAR.map.arrival}, "
-        "where newcomers arrive)",
+        help="stand exactly here, in meters on the 24 x 16 m map (default: a free spot "
+        "in front of the bar counter, where newcomers arrive)",
     )
-    place.add_argument("--zone", help=f"stand in the middle of a zone: {zones}")
+    place.add_argument("--zone", help=f"stand at a free spot in this zone: {zones}")
     parser.add_argument("--wander", action="store_true", help="stroll around the bar")
     parser.add_argument("--say", metavar="TEXT", help="say TEXT in the chat, repeatedly")
     parser.add_argument(
@@ -249,14 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bot_options(args: argparse.Namespace, index: int) -> BotOptions:
+def _bot_options(args: argparse.Namespace, index: int, others: list[Point]) -> BotOptions:
+    """One bot's options; ``others`` are the spots of the bots made before it."""
     name = args.name if args.count == 1 else f"{args.name}-{index + 1}"
-    if args.zone:
-        position = BAR.map.zone(args.zone).center
-    elif args.position:
-        position = BAR.map.clamp(*args.position)
+    rng = random.Random(args.seed + index)
+    area: Rect | None = BAR.map.zone(args.zone) if args.zone else BAR.map.arrival
+    if args.position:
+        position, area = BAR.map.clamp(*args.position), None
     else:
-        position = BAR.map.arrival_spot(random.Random(args.seed + index))
+        position = BAR.map.free_spot(rng, others, area)
     return BotOptions(
         room=args.room,
         name=name,
@@ -268,6 +349,7 @@ def _bot_options(args: argparse.Namespace, index: int) -> BotOptions:
         record=_numbered(args.record, index) if args.record and args.count > 1 else args.record,
         speaker=args.speaker,
         position=position,
+        settle_in=area,
         wander=args.wander,
         say=args.say,
         every=args.every,
@@ -280,24 +362,43 @@ def _numbered(path: str, index: int) -> str:
     return f"{stem}-{index + 1}.{suffix}" if dot else f"{path}-{index + 1}"
 
 
+async def _start(bots: list[Bot], args: argparse.Namespace) -> None:
+    spots: list[Point] = []
+    for index in range(args.count):
+        options = _bot_options(args, index, spots)
+        spots.append(options.position)
+        bot = Bot(options, sys.stdout if args.json else None)
+        bots.append(bot)
+        await bot.start()
+
+
 async def run(args: argparse.Namespace) -> int:
-    """Start the bots, wait for Ctrl-C, SIGTERM or ``--duration``, then leave cleanly."""
-    stop = asyncio.Event()
+    """Start the bots, stay until Ctrl-C, SIGTERM or ``--duration``, then leave cleanly.
+
+    Ctrl-C, SIGTERM and the duration end the bots at any moment, also while
+    they are still trying to reach the server.
+    """
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if args.duration is not None:
+        loop.call_later(args.duration, stop.set)
     bots: list[Bot] = []
+    starting = asyncio.create_task(_start(bots, args))
+    stopping = asyncio.create_task(stop.wait())
     try:
-        for index in range(args.count):
-            bot = Bot(_bot_options(args, index), sys.stdout if args.json else None)
-            bots.append(bot)
-            await bot.start()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.duration)
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()
+            await stopping
     except (SignalingError, AudioUnavailable, ValueError, OSError) as exc:
         print(f"chatsubo.client: {exc}", file=sys.stderr)
         return 1
     finally:
+        for task in (starting, stopping):
+            task.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
         await asyncio.gather(*(bot.close() for bot in bots), return_exceptions=True)
     return 0
 
@@ -311,15 +412,32 @@ def main(argv: list[str] | None = None) -> int:
         # Their INFO lines are about ICE internals, not about the bar.
         for noisy in ("aioice", "aiortc"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    problem = _check(args)
+    if problem is not None:
+        print(f"chatsubo.client: {problem}", file=sys.stderr)
+        return 2
+    return asyncio.run(run(args))
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line, in plain words, before anything connects."""
     if args.zone:
         try:
             BAR.map.zone(args.zone)
         except KeyError as exc:
-            print(f"chatsubo.client: {exc.args[0]}", file=sys.stderr)
-            return 2
+            return f"--zone: {exc.args[0]}"
     try:
         websocket_url(args.server)
     except ValueError as exc:
-        print(f"chatsubo.client: --server: {exc}", file=sys.stderr)
-        return 2
-    return asyncio.run(run(args))
+        return f"--server: {exc}"
+    if not p.is_valid_room_id(args.room):
+        return (
+            f"--room {args.room!r}: a room name is 1 to {p.ROOM_ID_MAX_CHARS} letters, digits, "
+            "dots, dashes or underscores, with no spaces"
+        )
+    longest = args.name if args.count == 1 else f"{args.name}-{args.count}"
+    problem = p.text_problem(longest, "a name", p.NAME_MAX_CHARS)
+    if problem is not None:
+        numbered = " with its number (--count)" if args.count > 1 else ""
+        return f"--name {args.name!r}{numbered}: {problem}"
+    return None

@@ -129,6 +129,7 @@ class MeshPeer(AsyncIOEventEmitter):
         self.signaling.on("peer_list", self._on_peer_list)
         self.signaling.on("peer_joined", self._on_peer_joined)
         self.signaling.on("peer_left", self._on_peer_left)
+        self.signaling.on("peer_updated", self._on_peer_updated)
         self.signaling.on("signal", self._on_signal)
 
     @property
@@ -237,6 +238,13 @@ class MeshPeer(AsyncIOEventEmitter):
         if link is not None:
             logger.info("%s left (%s)", link.name, message.reason.value)
             self._spawn(self._close_link(link))
+
+    def _on_peer_updated(self, message: p.PeerUpdated) -> None:
+        if message.peer_id in self.present:
+            self.present[message.peer_id] = message.name
+        link = self.links.get(message.peer_id)
+        if link is not None:
+            link.name = message.name
 
     def _on_signal(self, message: p.RelayedSignal) -> None:
         try:

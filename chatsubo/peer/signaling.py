@@ -58,10 +58,10 @@ class SignalingOptions:
     url: str = "http://127.0.0.1:8080"
     #: Accept any TLS certificate, as for a server run with ``--self-signed``.
     insecure: bool = False
-    backoff_min: float = p.CLIENT_RULES.backoff_min
-    backoff_max: float = p.CLIENT_RULES.backoff_max
-    #: Seconds between our WebSocket pings; a server silent 1.5 periods is given up on.
+    #: Seconds between our WebSocket pings; a server silent for 1.5 periods is given up on.
     heartbeat: float = p.CLIENT_RULES.ping_interval
+    #: Seconds to wait for a TCP (and TLS) connection to the server.
+    connect_timeout: float = 10.0
 
 
 class SignalingClient(AsyncIOEventEmitter):
@@ -69,9 +69,15 @@ class SignalingClient(AsyncIOEventEmitter):
 
     Events, each with the message from :mod:`chatsubo.protocol`:
     ``peer_list``, ``peer_joined``, ``peer_left``, ``peer_updated``,
-    ``signal``, ``rooms`` and ``server_error``; and ``connectionstatechange``
+    ``signal``, ``rooms`` and ``server_error``; ``connectionstatechange``
     when :attr:`connectionState` changes (``new``, ``connecting``,
-    ``connected``, ``reconnecting``, ``closed``).
+    ``connected``, ``reconnecting``, ``closed``); and ``retrying(url, why,
+    seconds)`` before each wait to reconnect.
+
+    After a rejoin, a peer we knew that the server does not list again
+    within its grace period is taken to have left while we were away: it
+    gets a ``peer_left`` with reason ``timeout``, as the server would have
+    sent had we been there.
     """
 
     def __init__(self, room_id: str, name: str, options: SignalingOptions | None = None) -> None:
@@ -93,6 +99,13 @@ class SignalingClient(AsyncIOEventEmitter):
         self._task: asyncio.Task[None] | None = None
         self._joined: asyncio.Future[None] | None = None
         self._closing = False
+        #: Everyone in the room as far as we know, and a timer for each one
+        #: that a rejoin did not list again.
+        self._members: set[str] = set()
+        self._unconfirmed: dict[str, asyncio.TimerHandle] = {}
+        self._grace = 0.0
+        #: The code of the last ``error``: with the close code, it says why we were closed.
+        self._last_error: str | None = None
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -127,6 +140,9 @@ class SignalingClient(AsyncIOEventEmitter):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for timer in self._unconfirmed.values():
+            timer.cancel()
+        self._unconfirmed.clear()
         self._set_state("closed")
 
     # --- requests --------------------------------------------------------------
@@ -167,26 +183,31 @@ class SignalingClient(AsyncIOEventEmitter):
             self.emit("connectionstatechange", state)
 
     async def _run(self) -> None:
-        """Connect, serve, and reconnect with backoff until closed or refused for good."""
-        delay = self.options.backoff_min
+        """Connect, serve, and reconnect until closed or refused for good."""
+        loop = asyncio.get_running_loop()
+        attempt, outage_began = 0, loop.time()
         ssl_context: ssl.SSLContext | bool = not self.options.insecure
-        async with aiohttp.ClientSession() as http:
+        timeout = aiohttp.ClientTimeout(sock_connect=self.options.connect_timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
             while not self._closing:
                 self._set_state("connecting" if self.peer_id is None else "reconnecting")
                 code: int | None = None
+                why = "the connection dropped"
                 try:
                     async with http.ws_connect(
                         self._url, heartbeat=self.options.heartbeat, ssl=ssl_context
                     ) as ws:
                         self._ws = ws
+                        self._last_error = None
                         if await self._serve(ws):
-                            delay = self.options.backoff_min
+                            attempt, outage_began = 0, loop.time()
                         code = ws.close_code
+                        why = p.closing_words(code, self._last_error)
                 except SignalingError as exc:
                     self._fail(exc)
                     return
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    logger.info("signaling server %s unreachable: %s", self._url, exc)
+                    why = f"cannot connect ({exc or type(exc).__name__})"
                 except Exception:
                     logger.exception("signaling connection failed")
                 finally:
@@ -195,16 +216,16 @@ class SignalingClient(AsyncIOEventEmitter):
                     break
                 reconnect = p.reconnect_after(code)
                 if reconnect is p.Reconnect.NEVER:
-                    self._fail(SignalingError("closed", f"server closed the connection ({code})"))
+                    self._fail(SignalingError("closed", f"{why} ({code})"))
                     return
                 if reconnect is p.Reconnect.AT_ONCE:
-                    # The server is coming straight back; only spread the herd out.
-                    await asyncio.sleep(random.uniform(0, self.options.backoff_min))
-                    continue
-                wait = delay * random.uniform(0.5, 1.5)
-                logger.info("reconnecting to %s in %.1f s", self._url, wait)
+                    wait = p.CLIENT_RULES.restart_spread * random.random()
+                else:
+                    wait = p.reconnect_delay(attempt, loop.time() - outage_began, random.random())
+                    attempt += 1
+                logger.warning("%s: %s; trying again in %.1f s", self._url, why, wait)
+                self.emit("retrying", self._url, why, wait)
                 await asyncio.sleep(wait)
-                delay = min(delay * 2, self.options.backoff_max)
 
     def _fail(self, error: SignalingError) -> None:
         logger.warning("signaling stopped: %s", error)
@@ -226,6 +247,7 @@ class SignalingClient(AsyncIOEventEmitter):
             match message:
                 case p.Welcome():
                     self.ice_servers = message.ice_servers
+                    self._grace = message.limits.grace
                     join = p.Join(room_id=self.room_id, name=self.name, resume=self.resume_token)
                     if self.resume_token is None:
                         self.peer_id, self.resume_token = message.peer_id, message.resume_token
@@ -237,18 +259,56 @@ class SignalingClient(AsyncIOEventEmitter):
                     self._set_state("connected")
                     if self.zone is not None:
                         await _write(ws, p.Update(zone=self.zone))
+                    self._confirm({info.peer_id for info in message.peers})
                     self.emit("peer_list", message)
                     if self._joined is not None and not self._joined.done():
                         self._joined.set_result(None)
-                case p.Error() if not joined:
-                    await self._join_refused(ws, message)
                 case p.Error():
-                    self.emit("server_error", message)
+                    self._last_error = message.code.value
+                    if joined:
+                        self.emit("server_error", message)
+                    else:
+                        await self._join_refused(ws, message)
                 case p.RelayedSignal():
                     self.emit("signal", message)
+                case p.PeerJoined():
+                    self._arrived(message.peer_id)
+                    self.emit("peer_joined", message)
+                case p.PeerLeft():
+                    self._gone(message.peer_id)
+                    self.emit("peer_left", message)
                 case _:
                     self.emit(str(message.__struct_config__.tag), message)
         return joined
+
+    # --- who is in the room --------------------------------------------------------
+
+    def _confirm(self, listed: set[str]) -> None:
+        """A (re)join listed these peers: anyone else we knew gets the grace period to return."""
+        loop = asyncio.get_running_loop()
+        for peer_id in self._members - listed:
+            if peer_id not in self._unconfirmed:
+                self._unconfirmed[peer_id] = loop.call_later(self._grace, self._expire, peer_id)
+        for peer_id in listed:
+            self._arrived(peer_id)
+
+    def _arrived(self, peer_id: str) -> None:
+        self._members.add(peer_id)
+        timer = self._unconfirmed.pop(peer_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _gone(self, peer_id: str) -> None:
+        self._members.discard(peer_id)
+        timer = self._unconfirmed.pop(peer_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _expire(self, peer_id: str) -> None:
+        self._unconfirmed.pop(peer_id, None)
+        self._members.discard(peer_id)
+        logger.info("peer %s did not come back after the rejoin; taking it as gone", peer_id)
+        self.emit("peer_left", p.PeerLeft(peer_id=peer_id, reason=p.LeaveReason.TIMEOUT))
 
     async def _join_refused(self, ws: aiohttp.ClientWebSocketResponse, error: p.Error) -> None:
         """Decide what a refused join means: retry fresh, wait, or give up."""

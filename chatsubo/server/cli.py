@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat",
         type=positive_float,
         default=5.0,
-        help="seconds of silence before a socket is pinged; one silent 1.5 periods is dropped",
+        help="seconds of silence before a socket is pinged; a socket silent for 1.5 times "
+        "this is dropped",
     )
     serve.add_argument(
         "--messages-per-second",

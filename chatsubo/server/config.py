@@ -28,7 +28,7 @@ class ServerConfig:
     message_burst: float = 600.0
     #: Over-limit messages a connection may send before it is closed as a flood.
     flood_tolerance: float = 100.0
-    #: Seconds of silence before a socket is pinged; one silent 1.5 periods is dropped.
+    #: Seconds of silence before a socket is pinged; one silent for 1.5 periods is dropped.
     heartbeat: float = 5.0
     #: Seconds a peer that dropped without ``leave`` keeps its place in the room.
     grace: float = 20.0

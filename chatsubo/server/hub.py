@@ -50,6 +50,7 @@ class Hub:
             max_room_size=config.max_room_size,
             max_message_bytes=config.max_message_bytes,
             messages_per_second=config.messages_per_second,
+            grace=config.grace,
         )
         self.closing = False
         self._lobby_dirty = asyncio.Event()

@@ -1,0 +1,306 @@
+"""A bot's life as people run it: leaving when told, coming back quickly, plain words.
+
+Real bot processes (``python -m chatsubo.client``), a real server on loopback,
+and real restarts of that server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from chatsubo import protocol as p
+from chatsubo.peer.bot import Bot, BotOptions
+from chatsubo.server.config import ServerConfig
+from chatsubo.space import BAR, Point
+from tests.conftest import TEST_SECRET, ClientFactory, RunningServer, poll, start_server
+
+#: Generous: two shared cores run the server and several bots with aiortc.
+BOT_DEADLINE = 30.0
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class BotProcess:
+    """One bot process, its JSON events and its log lines, read as they come."""
+
+    process: asyncio.subprocess.Process
+    events: list[dict[str, Any]] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    readers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, *args: str) -> BotProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chatsubo.client", "--json", *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        bot = cls(process)
+        assert process.stdout is not None
+        assert process.stderr is not None
+        bot.readers = [
+            asyncio.create_task(bot._read(process.stdout, bot._event)),
+            asyncio.create_task(bot._read(process.stderr, bot.log.append)),
+        ]
+        return bot
+
+    @staticmethod
+    async def _read(stream: asyncio.StreamReader, sink: Any) -> None:
+        async for line in stream:
+            sink(line.decode().rstrip("\n"))
+
+    def _event(self, line: str) -> None:
+        self.events.append(json.loads(line))
+
+    def of(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.events
+            if e["event"] == event and all(e.get(k) == v for k, v in fields.items())
+        ]
+
+    async def ended(self, timeout: float) -> int:
+        """The exit code, once the process has ended and its output is read."""
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        await asyncio.gather(*self.readers)
+        return code
+
+    async def stop(self) -> None:
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+
+
+@pytest.fixture
+async def bots() -> AsyncIterator[list[BotProcess]]:
+    running: list[BotProcess] = []
+    yield running
+    await asyncio.gather(*(bot.stop() for bot in running))
+
+
+async def _bot(running: list[BotProcess], *args: str) -> BotProcess:
+    bot = await BotProcess.start(*args)
+    running.append(bot)
+    return bot
+
+
+# --- an unreachable server ---------------------------------------------------------
+
+
+async def test_a_bot_that_cannot_connect_says_why_and_leaves_at_its_duration(
+    bots: list[BotProcess],
+) -> None:
+    port = _closed_port()
+    started = time.monotonic()
+    bot = await _bot(bots, "--server", f"http://127.0.0.1:{port}", "--duration", "3")
+    assert await bot.ended(15) == 0
+    took = time.monotonic() - started
+    assert took < 3 + 5, f"the bot took {took:.1f} s to leave at --duration 3"
+    retries = [line for line in bot.log if "trying again in" in line]
+    assert len(retries) >= 2, bot.log
+    assert f"ws://127.0.0.1:{port}/ws" in retries[0]
+    assert "cannot connect" in retries[0]
+    assert bot.of("retrying"), "the JSON events say it is retrying too"
+    assert not any("Traceback" in line for line in bot.log), bot.log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_bot_that_cannot_connect_leaves_on_a_signal(
+    bots: list[BotProcess], sig: signal.Signals
+) -> None:
+    bot = await _bot(bots, "--server", f"http://127.0.0.1:{_closed_port()}")
+    await poll(lambda: any("trying again in" in line for line in bot.log), BOT_DEADLINE)
+    told = time.monotonic()
+    bot.process.send_signal(sig)
+    assert await bot.ended(10) == 0
+    assert time.monotonic() - told < 1 + 2, "leaves within about a second"
+
+
+def test_reconnect_waits_stay_short_for_the_first_minute() -> None:
+    rules = p.CLIENT_RULES
+    waits = [p.reconnect_delay(n, 0.5 * n, 0.0) for n in range(100)]
+    assert waits[0] == 0.0
+    assert max(waits) <= 2.0, "back within about 2 s of the server's return"
+    assert p.reconnect_delay(3, rules.fast_reconnect_for, 0.0) == rules.reconnect_max
+    jittered = p.reconnect_delay(2, 1.0, 0.999)
+    assert (1 - rules.reconnect_jitter) * 1.0 < jittered < 1.0
+
+
+# --- coming back after a restart ---------------------------------------------------
+
+
+async def test_bots_are_back_within_seconds_and_forget_a_peer_that_never_returns(
+    bots: list[BotProcess],
+) -> None:
+    config = ServerConfig(secret=TEST_SECRET, grace=3.0)
+    server = await start_server(config)
+    port = server.port
+    try:
+        url = server.url
+        stays = await _bot(bots, "--server", url, "--name", "Stays", "--room", "r")
+        await poll(lambda: bool(stays.of("joined")), BOT_DEADLINE)
+        goes = await _bot(bots, "--server", url, "--name", "Goes", "--room", "r")
+        await poll(lambda: bool(stays.of("peer_connected")), BOT_DEADLINE)
+        (joined,) = goes.of("joined")
+        gone_id = joined["peer"]
+        await server.stop()
+        # A long outage: the backoff of old grew to 10 s by now.
+        await poll(lambda: len(stays.of("retrying")) >= 6, BOT_DEADLINE)
+        await goes.stop()
+        server = await start_server(config, port=port)
+        returned = time.monotonic()
+        await poll(lambda: bool(server.peer_ids()), BOT_DEADLINE)
+        back = time.monotonic() - returned
+        # 2 s is the longest wait; the rest is headroom for two busy cores.
+        assert back < 3 + 1.5, f"back in the room {back:.1f} s after the server returned"
+        # Goes never came back: once the grace period is over it is forgotten.
+        await poll(lambda: bool(stays.of("peer_left", peer=gone_id)), BOT_DEADLINE)
+        (left,) = stays.of("peer_left", peer=gone_id)
+        assert left["reason"] == "timeout"
+        await poll(lambda: bool(stays.of("peer_disconnected", peer=gone_id)), BOT_DEADLINE)
+    finally:
+        await server.stop()
+
+
+# --- what the bot hears and says ---------------------------------------------------
+
+
+async def test_a_bot_hears_renames(
+    server: RunningServer, bots: list[BotProcess], connect: ClientFactory
+) -> None:
+    bot = await _bot(bots, "--server", server.url, "--room", "r", "--name", "Listener")
+    await poll(lambda: bool(bot.of("joined")), BOT_DEADLINE)
+    molly = await connect(server)
+    await molly.join("r", "Molly")
+    await poll(lambda: bool(bot.of("peer_joined", peer=molly.peer_id, name="Molly")), BOT_DEADLINE)
+    await molly.send({"type": "update", "name": "Case", "zone": "Lounge"})
+    await poll(lambda: bool(bot.of("peer_updated", peer=molly.peer_id)), BOT_DEADLINE)
+    (updated,) = bot.of("peer_updated", peer=molly.peer_id)
+    assert (updated["name"], updated["zone"]) == ("Case", "Lounge")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--name", "n" * 40], "a name is at most 32 characters, and this one has 40"),
+        (["--name", "n" * 31, "--count", "12"], "with its number (--count)"),
+        (["--name", "tab\there"], "printable text"),
+        (["--room", "the back room"], "a room name is 1 to 64 letters"),
+        (["--zone", "Kitchen"], "no zone 'Kitchen'; the zones are"),
+    ],
+)
+def test_bad_names_and_rooms_get_plain_words_before_connecting(args: list[str], words: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chatsubo.client", "--server", "http://127.0.0.1:9", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert words in result.stderr
+    assert "Expected" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_describes_every_option() -> None:
+    for command in (["chatsubo.client"], ["chatsubo", "serve"]):
+        result = subprocess.run(
+            [sys.executable, "-m", *command, "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        assert "--log-level" in result.stdout
+        assert "how much to log" in result.stdout
+        assert "one silent" not in result.stdout
+
+
+# --- where bots stand ----------------------------------------------------------------
+
+
+async def test_bots_arrive_on_free_spots_apart_from_each_other(
+    server: RunningServer, bots: list[BotProcess]
+) -> None:
+    first = await _bot(bots, "--server", server.url, "--room", "r", "--name", "A", "--count", "3")
+    await poll(lambda: len(first.of("joined")) == 3, BOT_DEADLINE)
+    second = await _bot(bots, "--server", server.url, "--room", "r", "--name", "B")
+    await poll(lambda: len(second.of("peer_connected")) == 3, BOT_DEADLINE)
+
+    def spots() -> dict[str, tuple[float, float]]:
+        seen: dict[str, tuple[float, float]] = {}
+        for event in first.events + second.events:
+            if event["event"] == "position":
+                seen[event["peer"]] = (event["x"], event["y"])
+        return seen
+
+    # The newcomer may step aside once it learns where the others stand.
+    async def settled() -> bool:
+        places = list(spots().values())
+        return len(places) == 4 and all(
+            BAR.map.is_free(*a, [b for b in places if b is not a]) for a in places
+        )
+
+    deadline = time.monotonic() + BOT_DEADLINE
+    while not await settled():
+        assert time.monotonic() < deadline, f"bots stand too close: {spots()}"
+        await asyncio.sleep(0.1)
+    for x, y in spots().values():
+        assert BAR.map.arrival.contains(x, y) or BAR.map.is_free(x, y, [])
+
+
+def _options(name: str, server: RunningServer, position: Point, settle: bool) -> BotOptions:
+    return BotOptions(
+        room="r",
+        name=name,
+        server=server.url,
+        insecure=False,
+        audio="silence",
+        seed=1,
+        record=None,
+        speaker=False,
+        position=position,
+        settle_in=BAR.map.arrival if settle else None,
+        wander=False,
+        say=None,
+        every=10.0,
+        echo=False,
+    )
+
+
+async def test_a_newcomer_on_someone_s_spot_steps_aside_and_the_other_stays(
+    server: RunningServer,
+) -> None:
+    spot = BAR.map.arrival.center
+    here = Bot(_options("Here", server, spot, settle=False), None)
+    newcomer = Bot(_options("Newcomer", server, spot, settle=True), None)
+    try:
+        await here.start()
+        await newcomer.start()
+        await poll(lambda: newcomer.position != spot, BOT_DEADLINE)
+        assert BAR.map.is_free(*newcomer.position, [spot])
+        assert here.position == spot
+    finally:
+        await asyncio.gather(here.close(), newcomer.close())
