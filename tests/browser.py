@@ -99,6 +99,53 @@ _STANDS_NEAR = """
 }
 """
 
+#: What is wrong with the map as drawn: labels on top of each other or cut
+#: off at its edge, avatars cut off or drawn away from where they stand.
+_MAP_PROBLEMS = """
+() => {
+  const map = document.getElementById("map");
+  const ctm = map.getScreenCTM();
+  const rect = (element) => element.getBoundingClientRect();
+  const bounds = rect(map);
+  const inside = (r) =>
+    r.left >= bounds.left && r.right <= bounds.right &&
+    r.top >= bounds.top && r.bottom <= bounds.bottom;
+  const apart = (a, b) =>
+    a.right <= b.left || b.right <= a.left || a.bottom <= b.top || b.bottom <= a.top;
+  const show = (r) => `[${[r.left, r.top, r.right, r.bottom].map((n) => n.toFixed(1))}]`;
+  const problems = [];
+  const labels = [];
+  for (const avatar of map.querySelectorAll(".avatar")) {
+    const name = avatar.querySelector("title")?.textContent ?? avatar.dataset.peer;
+    const body = rect(avatar.querySelector("circle:not(.speaking-ring)"));
+    const ring = rect(avatar.querySelector(".speaking-ring"));
+    const label = rect(avatar.querySelector("text"));
+    const stands = new DOMPoint(Number(avatar.dataset.x), Number(avatar.dataset.y));
+    const at = stands.matrixTransform(ctm);
+    const [cx, cy] = [(body.left + body.right) / 2, (body.top + body.bottom) / 2];
+    if (Math.hypot(cx - at.x, cy - at.y) > 1) {
+      problems.push(`${name}: drawn at (${cx}, ${cy}), stands at (${at.x}, ${at.y})`);
+    }
+    const edges = show(bounds);
+    if (!inside(ring)) problems.push(`${name}: avatar ${show(ring)} cut off by the map ${edges}`);
+    if (!inside(label)) problems.push(`${name}: label ${show(label)} cut off by the map ${edges}`);
+    if (label.width === 0) problems.push(`${name}: no label`);
+    for (const [other, box] of labels) {
+      if (!apart(label, box)) {
+        problems.push(`labels of ${name} ${show(label)} and ${other} ${show(box)} overlap`);
+      }
+    }
+    labels.push([name, label]);
+  }
+  return problems;
+}
+"""
+
+#: How far the page scrolls sideways, in CSS pixels: 0 when it fits the window.
+_SIDEWAYS_SCROLL = """
+() => document.documentElement.scrollWidth - document.documentElement.clientWidth
+"""
+
 #: The viewport point where map coordinates (x, y), in meters, are drawn.
 _MAP_TO_CLIENT = """
 ([x, y]) => {
@@ -154,10 +201,11 @@ class Person:
         name: str,
         *,
         viewport: ViewportSize = DESKTOP,
+        touch: bool = False,
         init_script: str | None = None,
     ) -> Person:
-        """Open a fresh context and load the page at ``url``."""
-        context = await browser.new_context(viewport=viewport)
+        """Open a fresh context and load the page at ``url``; ``touch``: as on a phone."""
+        context = await browser.new_context(viewport=viewport, has_touch=touch, is_mobile=touch)
         try:
             context.set_default_timeout(UI_DEADLINE * 1000)
             if init_script is not None:
@@ -325,6 +373,12 @@ class Person:
         client_x, client_y = await self.page.evaluate(_MAP_TO_CLIENT, [x, y])
         await self.page.mouse.click(client_x, client_y)
 
+    async def tap_map(self, x: float, y: float) -> None:
+        """Tap the map at (x, y) meters, as on a touch screen."""
+        await expect(self.map).to_be_visible()
+        client_x, client_y = await self.page.evaluate(_MAP_TO_CLIENT, [x, y])
+        await self.page.touchscreen.tap(client_x, client_y)
+
     async def position_of(self, peer_id: str) -> tuple[float, float]:
         """Where the map draws ``peer_id`` now, in meters."""
         avatar = self.avatar(peer_id)
@@ -349,6 +403,21 @@ class Person:
             raise AssertionError(
                 f"{self.name} does not see {peer_id} near ({x}, {y}): drawn at {drawn}"
             ) from exc
+
+    async def map_is_legible(self, timeout: float = UI_DEADLINE) -> None:
+        """Wait until no two labels on the map overlap and nothing on it is cut off."""
+        problems: list[str] = []
+
+        async def legible() -> bool:
+            nonlocal problems
+            problems = await self.page.evaluate(_MAP_PROBLEMS)
+            return not problems
+
+        await eventually(legible, timeout, lambda: f"{self.name}'s map is legible: {problems}")
+
+    async def sideways_scroll(self) -> int:
+        """How far the page scrolls sideways (CSS pixels); 0 when it fits the window."""
+        return int(await self.page.evaluate(_SIDEWAYS_SCROLL))
 
     async def screenshot(self, filename: str) -> Path:
         """Save a screenshot under test-artifacts/screenshots/."""
@@ -378,11 +447,12 @@ class Crowd:
         name: str,
         *,
         viewport: ViewportSize = DESKTOP,
+        touch: bool = False,
         init_script: str | None = None,
     ) -> Person:
         """A new visitor with the page of ``server`` open in the lobby."""
         person = await Person.visit(
-            self.browser, server.url, name, viewport=viewport, init_script=init_script
+            self.browser, server.url, name, viewport=viewport, touch=touch, init_script=init_script
         )
         self.people.append(person)
         return person
@@ -404,9 +474,11 @@ class Bot:
     _readers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, server: RunningServer, room: str, name: str, *args: str) -> Bot:
+    async def start(cls, server: RunningServer | str, room: str, name: str, *args: str) -> Bot:
+        """A bot in ``room`` of ``server`` (or of any URL, reachable or not)."""
+        url = server if isinstance(server, str) else server.url
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "chatsubo.client", "--server", server.url, "--room", room,
+            sys.executable, "-m", "chatsubo.client", "--server", url, "--room", room,
             "--name", name, "--json", *args,
             cwd=REPO,
             stdout=asyncio.subprocess.PIPE,
@@ -470,6 +542,12 @@ class Bot:
     async def peer_id(self) -> str:
         return str((await self.wait_for("joined"))["peer"])
 
+    async def ended(self, timeout: float) -> int:
+        """The exit code once the process has ended by itself and its output is read."""
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        await asyncio.gather(*self._readers)
+        return code
+
     async def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; the readers finish at end of file."""
         if self.process.returncode is None:
@@ -490,7 +568,7 @@ class Bots:
     def __init__(self) -> None:
         self.bots: list[Bot] = []
 
-    async def start(self, server: RunningServer, room: str, name: str, *args: str) -> Bot:
+    async def start(self, server: RunningServer | str, room: str, name: str, *args: str) -> Bot:
         bot = await Bot.start(server, room, name, *args)
         self.bots.append(bot)
         return bot

@@ -7,15 +7,11 @@ and real restarts of that server.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
@@ -23,10 +19,10 @@ from chatsubo import protocol as p
 from chatsubo.peer.bot import Bot, BotOptions
 from chatsubo.server.config import ServerConfig
 from chatsubo.space import BAR, Point
+from tests.browser import BOT_DEADLINE, Bots
 from tests.conftest import TEST_SECRET, ClientFactory, RunningServer, poll, start_server
 
-#: Generous: two shared cores run the server and several bots with aiortc.
-BOT_DEADLINE = 30.0
+ROOM = "r"
 
 
 def _closed_port() -> int:
@@ -35,102 +31,30 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass
-class BotProcess:
-    """One bot process, its JSON events and its log lines, read as they come."""
-
-    process: asyncio.subprocess.Process
-    events: list[dict[str, Any]] = field(default_factory=list)
-    log: list[str] = field(default_factory=list)
-    readers: list[asyncio.Task[None]] = field(default_factory=list)
-
-    @classmethod
-    async def start(cls, *args: str) -> BotProcess:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "chatsubo.client", "--json", *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        bot = cls(process)
-        assert process.stdout is not None
-        assert process.stderr is not None
-        bot.readers = [
-            asyncio.create_task(bot._read(process.stdout, bot._event)),
-            asyncio.create_task(bot._read(process.stderr, bot.log.append)),
-        ]
-        return bot
-
-    @staticmethod
-    async def _read(stream: asyncio.StreamReader, sink: Any) -> None:
-        async for line in stream:
-            sink(line.decode().rstrip("\n"))
-
-    def _event(self, line: str) -> None:
-        self.events.append(json.loads(line))
-
-    def of(self, event: str, **fields: Any) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.events
-            if e["event"] == event and all(e.get(k) == v for k, v in fields.items())
-        ]
-
-    async def ended(self, timeout: float) -> int:
-        """The exit code, once the process has ended and its output is read."""
-        code = await asyncio.wait_for(self.process.wait(), timeout)
-        await asyncio.gather(*self.readers)
-        return code
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
-        await asyncio.gather(*self.readers, return_exceptions=True)
-
-
-@pytest.fixture
-async def bots() -> AsyncIterator[list[BotProcess]]:
-    running: list[BotProcess] = []
-    yield running
-    await asyncio.gather(*(bot.stop() for bot in running))
-
-
-async def _bot(running: list[BotProcess], *args: str) -> BotProcess:
-    bot = await BotProcess.start(*args)
-    running.append(bot)
-    return bot
-
-
 # --- an unreachable server ---------------------------------------------------------
 
 
-async def test_a_bot_that_cannot_connect_says_why_and_leaves_at_its_duration(
-    bots: list[BotProcess],
-) -> None:
+async def test_a_bot_that_cannot_connect_says_why_and_leaves_at_its_duration(bots: Bots) -> None:
     port = _closed_port()
     started = time.monotonic()
-    bot = await _bot(bots, "--server", f"http://127.0.0.1:{port}", "--duration", "3")
+    bot = await bots.start(f"http://127.0.0.1:{port}", ROOM, "Early", "--duration", "3")
     assert await bot.ended(15) == 0
     took = time.monotonic() - started
     assert took < 3 + 5, f"the bot took {took:.1f} s to leave at --duration 3"
-    retries = [line for line in bot.log if "trying again in" in line]
-    assert len(retries) >= 2, bot.log
+    retries = [line for line in bot.stderr if "trying again in" in line]
+    assert len(retries) >= 2, bot.stderr
     assert f"ws://127.0.0.1:{port}/ws" in retries[0]
     assert "cannot connect" in retries[0]
-    assert bot.of("retrying"), "the JSON events say it is retrying too"
-    assert not any("Traceback" in line for line in bot.log), bot.log
+    assert bot.matching("retrying"), "the JSON events say it is retrying too"
+    assert not any("Traceback" in line for line in bot.stderr), bot.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_a_bot_that_cannot_connect_leaves_on_a_signal(
-    bots: list[BotProcess], sig: signal.Signals
+    bots: Bots, sig: signal.Signals
 ) -> None:
-    bot = await _bot(bots, "--server", f"http://127.0.0.1:{_closed_port()}")
-    await poll(lambda: any("trying again in" in line for line in bot.log), BOT_DEADLINE)
+    bot = await bots.start(f"http://127.0.0.1:{_closed_port()}", ROOM, "Early")
+    await poll(lambda: any("trying again in" in line for line in bot.stderr), BOT_DEADLINE)
     told = time.monotonic()
     bot.process.send_signal(sig)
     assert await bot.ended(10) == 0
@@ -151,22 +75,20 @@ def test_reconnect_waits_stay_short_for_the_first_minute() -> None:
 
 
 async def test_bots_are_back_within_seconds_and_forget_a_peer_that_never_returns(
-    bots: list[BotProcess],
+    bots: Bots,
 ) -> None:
     config = ServerConfig(secret=TEST_SECRET, grace=3.0)
     server = await start_server(config)
     port = server.port
     try:
-        url = server.url
-        stays = await _bot(bots, "--server", url, "--name", "Stays", "--room", "r")
-        await poll(lambda: bool(stays.of("joined")), BOT_DEADLINE)
-        goes = await _bot(bots, "--server", url, "--name", "Goes", "--room", "r")
-        await poll(lambda: bool(stays.of("peer_connected")), BOT_DEADLINE)
-        (joined,) = goes.of("joined")
-        gone_id = joined["peer"]
+        stays = await bots.start(server, ROOM, "Stays")
+        await stays.peer_id()
+        goes = await bots.start(server, ROOM, "Goes")
+        gone_id = await goes.peer_id()
+        await stays.wait_for("peer_connected", peer=gone_id)
         await server.stop()
         # A long outage: the backoff of old grew to 10 s by now.
-        await poll(lambda: len(stays.of("retrying")) >= 6, BOT_DEADLINE)
+        await poll(lambda: len(stays.matching("retrying")) >= 6, BOT_DEADLINE)
         await goes.stop()
         server = await start_server(config, port=port)
         returned = time.monotonic()
@@ -175,10 +97,9 @@ async def test_bots_are_back_within_seconds_and_forget_a_peer_that_never_returns
         # 2 s is the longest wait; the rest is headroom for two busy cores.
         assert back < 3 + 1.5, f"back in the room {back:.1f} s after the server returned"
         # Goes never came back: once the grace period is over it is forgotten.
-        await poll(lambda: bool(stays.of("peer_left", peer=gone_id)), BOT_DEADLINE)
-        (left,) = stays.of("peer_left", peer=gone_id)
+        left = await stays.wait_for("peer_left", peer=gone_id)
         assert left["reason"] == "timeout"
-        await poll(lambda: bool(stays.of("peer_disconnected", peer=gone_id)), BOT_DEADLINE)
+        await stays.wait_for("peer_disconnected", peer=gone_id)
     finally:
         await server.stop()
 
@@ -187,16 +108,15 @@ async def test_bots_are_back_within_seconds_and_forget_a_peer_that_never_returns
 
 
 async def test_a_bot_hears_renames(
-    server: RunningServer, bots: list[BotProcess], connect: ClientFactory
+    server: RunningServer, bots: Bots, connect: ClientFactory
 ) -> None:
-    bot = await _bot(bots, "--server", server.url, "--room", "r", "--name", "Listener")
-    await poll(lambda: bool(bot.of("joined")), BOT_DEADLINE)
+    bot = await bots.start(server, ROOM, "Listener")
+    await bot.peer_id()
     molly = await connect(server)
-    await molly.join("r", "Molly")
-    await poll(lambda: bool(bot.of("peer_joined", peer=molly.peer_id, name="Molly")), BOT_DEADLINE)
+    await molly.join(ROOM, "Molly")
+    await bot.wait_for("peer_joined", peer=molly.peer_id, name="Molly")
     await molly.send({"type": "update", "name": "Case", "zone": "Lounge"})
-    await poll(lambda: bool(bot.of("peer_updated", peer=molly.peer_id)), BOT_DEADLINE)
-    (updated,) = bot.of("peer_updated", peer=molly.peer_id)
+    updated = await bot.wait_for("peer_updated", peer=molly.peer_id)
     assert (updated["name"], updated["zone"]) == ("Case", "Lounge")
 
 
@@ -242,12 +162,12 @@ def test_help_describes_every_option() -> None:
 
 
 async def test_bots_arrive_on_free_spots_apart_from_each_other(
-    server: RunningServer, bots: list[BotProcess]
+    server: RunningServer, bots: Bots
 ) -> None:
-    first = await _bot(bots, "--server", server.url, "--room", "r", "--name", "A", "--count", "3")
-    await poll(lambda: len(first.of("joined")) == 3, BOT_DEADLINE)
-    second = await _bot(bots, "--server", server.url, "--room", "r", "--name", "B")
-    await poll(lambda: len(second.of("peer_connected")) == 3, BOT_DEADLINE)
+    first = await bots.start(server, ROOM, "A", "--count", "3")
+    await poll(lambda: len(first.matching("joined")) == 3, BOT_DEADLINE)
+    second = await bots.start(server, ROOM, "B")
+    await poll(lambda: len(second.matching("peer_connected")) == 3, BOT_DEADLINE)
 
     def spots() -> dict[str, tuple[float, float]]:
         seen: dict[str, tuple[float, float]] = {}
@@ -273,7 +193,7 @@ async def test_bots_arrive_on_free_spots_apart_from_each_other(
 
 def _options(name: str, server: RunningServer, position: Point, settle: bool) -> BotOptions:
     return BotOptions(
-        room="r",
+        room=ROOM,
         name=name,
         server=server.url,
         insecure=False,

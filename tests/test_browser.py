@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 
 import pytest
-from playwright.async_api import Browser, expect
+from playwright.async_api import Locator, expect
 
 from chatsubo.server.config import ServerConfig
 from tests.browser import (
@@ -22,6 +21,7 @@ from tests.browser import (
     PHONE,
     Bots,
     Crowd,
+    Person,
     near,
 )
 from tests.conftest import RunningServer, ServerFactory, poll, start_server
@@ -35,26 +35,6 @@ ROOM = "chatsubo-main"
 
 #: What Chromium itself logs while the server is down: not the page's doing.
 SOCKET_REFUSED = re.compile(r"WebSocket connection to '[^']*' failed")
-
-
-@pytest.fixture
-async def crowd(make_server: ServerFactory, browser: Browser) -> AsyncIterator[Crowd]:
-    """Visitors; closed before the servers stop (``make_server`` is set up first)."""
-    visitors = Crowd(browser)
-    try:
-        yield visitors
-    finally:
-        await visitors.close()
-
-
-@pytest.fixture
-async def bots(make_server: ServerFactory) -> AsyncIterator[Bots]:
-    """Bot processes; stopped (SIGTERM, then SIGKILL) before the servers stop."""
-    running = Bots()
-    try:
-        yield running
-    finally:
-        await running.close()
 
 
 async def test_two_people_and_a_bartender_hear_chat_and_watch_each_other_move(
@@ -181,6 +161,58 @@ async def test_lobby_follows_a_room_live(server: RunningServer, crowd: Crowd, bo
     linda.assert_no_errors()
 
 
+async def test_lobby_shuts_its_doors_while_the_server_is_away(
+    server: RunningServer, crowd: Crowd, bots: Bots
+) -> None:
+    room = "neon-lounge"
+    barkeep = await bots.start(server, room, "Barkeep", "--audio", "silence")
+    await barkeep.peer_id()
+    watchers = [
+        await crowd.visit(server, "Watcher"),
+        await crowd.visit(server, "Linda", viewport=PHONE, touch=True),
+    ]
+
+    def doors(person: Person) -> list[Locator]:
+        """Every way in: the form's Join, a new room, and the listed room's own Join."""
+        page = person.page
+        own = person.room_entry(room).locator("button.join-room")
+        return [page.locator("#join"), page.locator("#create"), own]
+
+    for person in watchers:
+        for door in doors(person):
+            await expect(door).to_be_enabled(timeout=MESH_DEADLINE * 1000)
+
+    await server.stop()
+    for person in watchers:
+        status = person.page.locator("#lobby-status")
+        await expect(status).to_be_visible()
+        await expect(status).to_contain_text("Can't reach the server")
+        await expect(status).to_contain_text("trying again")
+        # What the list still shows is from before: marked so, and nobody can use it.
+        await expect(person.page.locator("#rooms")).to_have_attribute("data-stale", "true")
+        for door in doors(person):
+            await expect(door).to_be_disabled()
+    await watchers[0].screenshot("lobby-server-away.png")
+    await watchers[1].screenshot("lobby-server-away-phone.png")
+
+    restarted = await start_server(server.config, server.port)
+    try:
+        for person in watchers:
+            await expect(person.page.locator("#lobby-status")).to_be_hidden(
+                timeout=MESH_DEADLINE * 1000
+            )
+            # The bot is back in its room, and the fresh list opens every door again.
+            for door in doors(person):
+                await expect(door).to_be_enabled(timeout=MESH_DEADLINE * 1000)
+            await expect(person.page.locator("#rooms")).to_have_attribute("data-stale", "false")
+    finally:
+        await bots.close()
+        await restarted.stop()
+
+    for person in watchers:
+        person.assert_no_errors(allowed=SOCKET_REFUSED)
+
+
 async def test_full_room_is_explained_with_a_way_to_try_again(
     make_server: ServerFactory, crowd: Crowd, bots: Bots
 ) -> None:
@@ -188,6 +220,19 @@ async def test_full_room_is_explained_with_a_way_to_try_again(
     barkeep = await bots.start(server, "snug", "Barkeep", "--audio", "silence")
     await barkeep.peer_id()
     case = await crowd.visit(server, "Case")
+    linda = await crowd.visit(server, "Linda", viewport=PHONE, touch=True)
+    for person in (case, linda):
+        # The list says so: its button is shut, reads "Full", and looks unlike Join.
+        button = person.room_entry("snug").locator("button.join-room")
+        await expect(button).to_have_text("Full")
+        await expect(button).to_be_disabled()
+        await expect(button).to_have_attribute("aria-label", "snug is full")
+        looks = "e => getComputedStyle(e).backgroundColor"
+        join = person.page.locator("#join")
+        await expect(join).to_be_enabled()
+        assert await button.evaluate(looks) != await join.evaluate(looks), person.name
+    await linda.screenshot("lobby-full-phone.png")
+    # The form still knocks, and the answer explains.
     await case.join("snug")
 
     error = case.lobby_error
@@ -205,6 +250,7 @@ async def test_full_room_is_explained_with_a_way_to_try_again(
 
     # A full room is an ordinary answer, not a fault: the page logs no error for it.
     case.assert_no_errors()
+    linda.assert_no_errors()
 
 
 async def test_listening_without_a_microphone(
@@ -310,6 +356,8 @@ async def test_keyboard_alone_joins_and_walks(server: RunningServer, crowd: Crow
     await expect(case.room_field).to_be_focused()
     await keyboard.press("Control+A")
     await keyboard.type("keys-only")
+    # A form whose Join is shut (until the server answers) ignores Enter.
+    await expect(page.locator("#join")).to_be_enabled()
     await keyboard.press("Enter")
     case_id = await case.in_room("keys-only")
     await expect(page.locator("#map .avatar.me")).to_have_attribute("data-peer", case_id)
@@ -332,3 +380,84 @@ async def test_keyboard_alone_joins_and_walks(server: RunningServer, crowd: Crow
     await expect(mute).to_have_text("Mute")
 
     case.assert_no_errors()
+
+
+#: Two names as long as a name may be, with no spaces to break them at; the
+#: second, of the widest letter, is wider than the people list on any screen.
+LONG_NAMES = ("WintermuteStraylightTessierAshpo", "W" * 32)
+CORNER_NAME = "Corner Case Name"
+#: Whether an element ends before the right edge of the list holding it.
+ENDS_IN_ITS_LIST = (
+    "e => e.getBoundingClientRect().right <= e.closest('ul').getBoundingClientRect().right"
+)
+
+
+async def test_a_crowded_room_stays_legible_on_a_desktop_and_a_phone(
+    server: RunningServer, crowd: Crowd, bots: Bots
+) -> None:
+    """Five people: three on one spot (two with the longest names) and one in a corner."""
+    assert all(len(name) == 32 for name in LONG_NAMES)
+    spot = (12.0, 9.0)
+    corner = (0.0, 16.0)
+    case = await crowd.visit(server, "Case")
+    linda = await crowd.visit(server, "Linda", viewport=PHONE, touch=True)
+    case_id = await case.enter(ROOM)
+    linda_id = await linda.enter(ROOM)
+    # The bots come in after the pages, so that both announce them.
+    bot_args = ("--audio", "silence", "--position")
+    chatter = ("--say", "hi", "--every", "2")
+    long_ones = [
+        await bots.start(server, ROOM, LONG_NAMES[0], *bot_args, "12,9"),
+        await bots.start(server, ROOM, LONG_NAMES[1], *chatter, *bot_args, "12,9"),
+    ]
+    cornered = await bots.start(server, ROOM, CORNER_NAME, *bot_args, "0,16")
+    long_ids = [await bot.peer_id() for bot in long_ones]
+    corner_id = await cornered.peer_id()
+    await asyncio.gather(
+        case.connected_to(linda_id, *long_ids, corner_id),
+        linda.connected_to(case_id, *long_ids, corner_id),
+    )
+    # Linda taps her way onto the spot where the two long names stand.
+    await linda.tap_map(*spot)
+    for person in (case, linda):
+        for peer_id in long_ids:
+            await person.sees_at(peer_id, *spot, tolerance=0.01)
+        await person.sees_at(corner_id, *corner, tolerance=0.01)
+        await person.sees_at(linda_id, *spot, tolerance=0.25)
+    await case.say("Cheers")
+
+    for person in (case, linda):
+        page = person.page
+        await expect(page.locator("#map .avatar")).to_have_count(5)
+        # Labels never cover each other, and no one is cut off at the edge.
+        await person.map_is_legible()
+        for name, peer_id in zip(LONG_NAMES, long_ids, strict=True):
+            # The map may cut a name short; the avatar's title has it whole.
+            await expect(person.avatar(peer_id).locator("title")).to_have_text(name)
+            # The people list cuts it short on screen only: the text and the title are whole.
+            who = person.person(peer_id).locator(".who")
+            await expect(who).to_have_text(name)
+            await expect(who).to_have_attribute("title", name)
+            assert await who.evaluate(ENDS_IN_ITS_LIST), f"{name} overflows {person.name}'s list"
+        cut_short = "e => e.scrollWidth > e.clientWidth"
+        assert await person.person(long_ids[1]).locator(".who").evaluate(cut_short), person.name
+        # The colon is part of the line, mine and others': copied or read aloud, "name: text".
+        await expect(person.chat_lines(case_id)).to_have_text("Case: Cheers")
+        await expect(person.chat_lines(long_ids[1]).first).to_have_text(f"{LONG_NAMES[1]}: hi")
+        await expect(person.notices).to_contain_text(f"{LONG_NAMES[0]} joined")
+        await expect(person.notices).to_contain_text(f"{CORNER_NAME} joined")
+        assert await person.sideways_scroll() == 0, f"{person.name}'s page scrolls sideways"
+
+    # A phone is tapped, not clicked.
+    mouse, touch = case.page.locator("#room .hint"), linda.page.locator("#room .hint")
+    await expect(mouse).to_have_text(re.compile("^Click to walk"), use_inner_text=True)
+    await expect(touch).to_have_text(re.compile("^Tap to walk"), use_inner_text=True)
+    await expect(touch).not_to_contain_text("Click", use_inner_text=True)
+    # Chat arriving scrolls the log, not the phone's page away from the map.
+    assert await linda.page.evaluate("() => window.scrollY") == 0
+
+    await case.screenshot("room-crowded-desktop.png")
+    # Not full_page: Chromium drops the touch emulation for those, and says "Click".
+    await linda.screenshot("room-crowded-phone.png")
+    case.assert_no_errors()
+    linda.assert_no_errors()

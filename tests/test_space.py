@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import aiohttp
 import msgspec
 import pytest
@@ -21,7 +23,7 @@ def test_full_volume_within_conversation_distance() -> None:
 def test_gain_falls_steeply_then_reaches_exactly_zero_at_the_hearing_range() -> None:
     distances = [MODEL.ref_distance + 0.01 * i for i in range(1200)]
     gains = [MODEL.gain(d) for d in distances]
-    assert all(a > b for a, b in zip(gains, gains[1:], strict=False) if a > 0)
+    assert all(a > b for a, b in itertools.pairwise(gains) if a > 0)
     assert MODEL.gain(4.0) < 0.5
     assert MODEL.gain(MODEL.hearing_range) == 0.0
     assert MODEL.gain(MODEL.hearing_range - 0.01) > 0.0

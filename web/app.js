@@ -116,6 +116,8 @@ class Lobby {
     });
     signaling.on("rooms", (message) => this.renderRooms(message.rooms));
     signaling.on("connectionstatechange", (state) => this.renderStatus(state));
+    // A first connection that keeps failing stays "connecting": say so once it has failed.
+    signaling.on("retrying", () => this.renderStatus("reconnecting"));
   }
 
   show() {

@@ -17,6 +17,17 @@ const KEYS = {
 };
 /** Furniture drawn as the ellipse inside its rectangle; the rest are rounded boxes. */
 const ROUND = new Set(["stool", "table", "plant"]);
+/** Meters of floor drawn around the map, so that someone standing at its edge shows whole. */
+const MARGIN = 1;
+/** An avatar's radius in meters, as drawn; the speaking ring is wider. */
+const BODY = 0.45;
+const RING = 0.75;
+/** Meters from an avatar's middle to its label, clear of the speaking ring. */
+const LABEL_OFFSET = 0.85;
+/** Labels longer than this (meters) are cut short; the full name is in the avatar's title. */
+const LABEL_MAX_WIDTH = 7.5;
+/** Meters kept between a label and other labels or avatars. */
+const LABEL_GAP = 0.12;
 const ZONE_COLORS = ["#5a2e1f", "#1f3a5a", "#3d2a4f", "#2e4a35", "#5a1f45", "#4a4a22"];
 
 function element(name, attributes = {}) {
@@ -35,10 +46,12 @@ function hue(peerId) {
 class Avatar {
   constructor(layer, peerId, name, me) {
     this.node = element("g", { class: me ? "avatar me" : "avatar", "data-peer": peerId });
-    this.ring = element("circle", { r: "0.75", class: "speaking-ring" });
-    this.body = element("circle", { r: "0.45", fill: hue(peerId) });
-    this.label = element("text", { y: "1.15", "text-anchor": "middle" });
-    this.node.append(this.ring, this.body, this.label);
+    // The title names the avatar, on hover and to screen readers; the label may be cut short.
+    this.title = element("title");
+    this.ring = element("circle", { r: RING, class: "speaking-ring" });
+    this.body = element("circle", { r: BODY, fill: hue(peerId) });
+    this.label = element("text", { x: 0, y: 0, "text-anchor": "middle", "aria-hidden": "true" });
+    this.node.append(this.title, this.ring, this.body, this.label);
     layer.append(this.node);
     this.setName(name);
     this.drawn = null;
@@ -49,7 +62,44 @@ class Avatar {
 
   setName(name) {
     // Text, never markup: names come from other people.
+    this.name = name;
+    this.title.textContent = name;
     this.label.textContent = name;
+    /** The label's box relative to its anchor, once measured at the current font size. */
+    this.box = null;
+  }
+
+  /** Cut the label to fit `maxWidth` meters and measure it; false while it cannot be measured. */
+  measure(maxWidth) {
+    const label = this.label;
+    label.textContent = this.name;
+    if (label.getComputedTextLength() > maxWidth) {
+      const letters = Array.from(new Intl.Segmenter().segment(this.name), (part) => part.segment);
+      const cut = (n) => `${letters.slice(0, n).join("").trimEnd()}…`;
+      let [fits, long] = [0, letters.length];
+      while (long - fits > 1) {
+        const n = (fits + long) >> 1;
+        label.textContent = cut(n);
+        if (label.getComputedTextLength() <= maxWidth) fits = n;
+        else long = n;
+      }
+      label.textContent = cut(fits);
+    }
+    const { x, y, width, height } = label.getBBox();
+    // Nothing to measure while the map is not shown.
+    if (width === 0) return false;
+    const at = (name) => Number(label.getAttribute(name));
+    this.box = { dx: x - at("x"), dy: y - at("y"), width, height };
+    return true;
+  }
+
+  /** Put the label's box with its top left corner at (left, top), in map meters. */
+  placeLabel(left, top) {
+    const [x, y] = this.drawn;
+    const labelX = (left - x - this.box.dx).toFixed(3);
+    const labelY = (top - y - this.box.dy).toFixed(3);
+    if (this.label.getAttribute("x") !== labelX) this.label.setAttribute("x", labelX);
+    if (this.label.getAttribute("y") !== labelY) this.label.setAttribute("y", labelY);
   }
 
   /** Draw at (x, y); `zone` is recorded when given (a name, or null for none). */
@@ -77,12 +127,22 @@ export class BarMap extends Emitter {
     this._walkTarget = null;
     this._frame = null;
     this._lastFrame = 0;
-    svg.setAttribute("viewBox", `0 0 ${map.width} ${map.height}`);
+    svg.setAttribute("viewBox", `${-MARGIN} ${-MARGIN} ${map.width + 2 * MARGIN} ${map.height + 2 * MARGIN}`);
     this._drawZones();
     this.layer = element("g", { class: "avatars" });
     svg.append(this.layer);
     svg.addEventListener("click", (event) => this._onClick(event));
     svg.addEventListener("keydown", (event) => this._onKey(event));
+    // The labels' font size follows the screen: measure them again when the map is resized.
+    const resized = new ResizeObserver(() => {
+      if (!this.layer.isConnected) {
+        resized.disconnect();
+        return;
+      }
+      for (const avatar of this.avatars.values()) avatar.box = null;
+      this._animate();
+    });
+    resized.observe(svg);
   }
 
   /** The floor: zones with their names, then the furniture. */
@@ -127,17 +187,19 @@ export class BarMap extends Emitter {
   /** Add or rename someone; `me` marks our own avatar. */
   setPerson(peerId, name, me = false) {
     const avatar = this.avatars.get(peerId);
-    if (avatar !== undefined) {
+    if (avatar === undefined) {
+      this.avatars.set(peerId, new Avatar(this.layer, peerId, name, me));
+      if (me) this.me = peerId;
+    } else if (avatar.name !== name) {
       avatar.setName(name);
-      return;
     }
-    this.avatars.set(peerId, new Avatar(this.layer, peerId, name, me));
-    if (me) this.me = peerId;
+    this._animate();
   }
 
   remove(peerId) {
     this.avatars.get(peerId)?.node.remove();
     this.avatars.delete(peerId);
+    this._animate();
   }
 
   /** Someone else stands at (x, y) now: glide there from where they are drawn. */
@@ -147,6 +209,7 @@ export class BarMap extends Emitter {
     avatar.node.dataset.zone = zone ?? "";
     if (avatar.drawn === null) {
       avatar.draw([x, y]);
+      this._animate();
       return;
     }
     avatar.from = avatar.drawn;
@@ -163,6 +226,7 @@ export class BarMap extends Emitter {
   jump(x, y) {
     this.avatars.get(this.me)?.draw([x, y], zoneAt(this.map, x, y)?.name ?? null);
     this._walkTarget = null;
+    this._animate();
     this.emit("move", { x, y });
   }
 
@@ -212,7 +276,58 @@ export class BarMap extends Emitter {
       if (t >= 1) avatar.to = null;
       else moving = true;
     }
+    // A frame is drawn only when someone moved, came, went or was renamed.
+    this._layOutLabels();
     if (moving) this._frame = requestAnimationFrame((t) => this._tick(t));
+  }
+
+  /**
+   * Put each label under its avatar, or stacked below (or above) the labels
+   * and avatars in its way, so that none covers another and all stay on the
+   * map. The avatars themselves stay where the people are.
+   */
+  _layOutLabels() {
+    // Labels may stand out into the margin, but no further.
+    const edge = -MARGIN / 2;
+    const right = this.map.width + MARGIN / 2;
+    const bottom = this.map.height + MARGIN / 2;
+    const drawn = [...this.avatars.values()].filter((avatar) => avatar.drawn !== null);
+    const taken = drawn.map(({ drawn: [x, y] }) => ({
+      left: x - BODY, top: y - BODY, width: 2 * BODY, height: 2 * BODY,
+    }));
+    const clear = (box) =>
+      box.top >= edge &&
+      box.top + box.height <= bottom &&
+      taken.every(
+        (other) =>
+          box.left >= other.left + other.width + LABEL_GAP ||
+          other.left >= box.left + box.width + LABEL_GAP ||
+          box.top >= other.top + other.height + LABEL_GAP ||
+          other.top >= box.top + box.height + LABEL_GAP,
+      );
+    // Top to bottom, so that labels stack the same way from frame to frame.
+    drawn.sort((a, b) => a.drawn[1] - b.drawn[1] || a.drawn[0] - b.drawn[0]);
+    for (const avatar of drawn) {
+      if (avatar.box === null && !avatar.measure(LABEL_MAX_WIDTH)) continue;
+      const [x, y] = avatar.drawn;
+      const { width, height } = avatar.box;
+      const left = Math.min(Math.max(x - width / 2, edge), right - width);
+      const under = y + LABEL_OFFSET;
+      const tops = [under, y - LABEL_OFFSET - height];
+      for (const other of taken) {
+        if (left < other.left + other.width + LABEL_GAP && other.left < left + width + LABEL_GAP) {
+          tops.push(other.top + other.height + LABEL_GAP, other.top - height - LABEL_GAP);
+        }
+      }
+      let best = null;
+      for (const top of tops) {
+        const box = { left, top, width, height };
+        if (clear(box) && (best === null || Math.abs(top - under) < Math.abs(best.top - under))) best = box;
+      }
+      best ??= { left, top: Math.min(under, bottom - height), width, height };
+      avatar.placeLabel(best.left, best.top);
+      taken.push(best);
+    }
   }
 
   /** One frame of our own walk; whether there is more to go. */

@@ -28,9 +28,12 @@ export function websocketUrl(location = window.location) {
  * Membership of at most one room, through drops and server restarts.
  *
  * Events: `peer_list`, `peer_joined`, `peer_left`, `peer_updated`, `signal`,
- * `rooms` and `server_error`, each with the server's message; and
+ * `rooms` and `server_error`, each with the server's message;
  * `connectionstatechange` with `connectionState` (`new`, `connecting`,
- * `connected`, `reconnecting`, `closed`).
+ * `connected`, `reconnecting`, `closed`); and `retrying` ({seconds, why})
+ * before each wait to reconnect. After a rejoin, a peer the new peer_list
+ * does not name gets the server's grace period to come back, then a
+ * `peer_left` with reason `timeout` (as chatsubo/peer/signaling.py).
  */
 export class SignalingClient extends Emitter {
   /**
@@ -205,6 +208,7 @@ export class SignalingClient extends Emitter {
         ? Math.random() * this.rules.restartSpread
         : reconnectDelay(this.rules, this._attempt++, (Date.now() - this._outageBegan) / 1000, Math.random());
     this._retryTimer = setTimeout(() => this._open(), seconds * 1000);
+    this.emit("retrying", { seconds, why: closeMessage(this.rules, code, this._lastError) });
   }
 
   _greeted(welcome) {
