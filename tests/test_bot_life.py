@@ -7,6 +7,8 @@ and real restarts of that server.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import signal
 import socket
 import subprocess
@@ -18,7 +20,7 @@ import pytest
 from chatsubo import protocol as p
 from chatsubo.peer.bot import Bot, BotOptions
 from chatsubo.server.config import ServerConfig
-from chatsubo.space import BAR, Point
+from chatsubo.space import BAR, Point, Zone
 from tests.browser import BOT_DEADLINE, Bots
 from tests.conftest import TEST_SECRET, ClientFactory, RunningServer, poll, start_server
 
@@ -224,3 +226,51 @@ async def test_a_newcomer_on_someone_s_spot_steps_aside_and_the_other_stays(
         assert here.position == spot
     finally:
         await asyncio.gather(here.close(), newcomer.close())
+
+
+async def test_a_wandering_bot_walks_around_furniture_and_people(server: RunningServer) -> None:
+    # In front of the stools at the counter, with someone a little further along.
+    stool = next(item for item in BAR.map.furniture if item.kind == "stool")
+    start = (stool.x + 0.5, stool.y + stool.height + BAR.map.margin + 0.3)
+    assert BAR.map.is_free(*start, [])
+    still = (start[0] + 1.5, start[1])
+    other = Bot(_options("Still", server, still, settle=False), None)
+    walker = Bot(
+        dataclasses.replace(_options("Walker", server, start, settle=False), wander=True), None
+    )
+    #: Each step, and whether the walker knew by then where the other stands.
+    steps: list[tuple[Point, bool]] = []
+    move = walker.move
+
+    def recording_move(x: float, y: float) -> Zone | None:
+        zone = move(x, y)
+        steps.append((walker.position, bool(walker._others())))
+        return zone
+
+    walker.move = recording_move  # type: ignore[method-assign]
+    try:
+        await other.start()
+        await walker.start()
+        await poll(lambda: sum(known for _, known in steps) >= 60, BOT_DEADLINE)
+    finally:
+        await asyncio.gather(walker.close(), other.close())
+    assert all(BAR.map.is_free(x, y, []) for (x, y), _ in steps), "never on furniture"
+    assert len({spot for spot, _ in steps}) > 20, "it does walk"
+    known = [math.dist(spot, still) for spot, knows in steps if knows]
+    # Never closer than personal space, or than it was when it learned where the other stands.
+    assert min(known) >= min(BAR.map.personal_space, known[0]) - 1e-9
+
+
+async def test_a_wandering_bot_told_to_stand_on_furniture_walks_off_it(
+    server: RunningServer,
+) -> None:
+    counter = next(item for item in BAR.map.furniture if item.kind == "counter")
+    walker = Bot(
+        dataclasses.replace(_options("Up", server, counter.center, settle=False), wander=True),
+        None,
+    )
+    try:
+        await walker.start()
+        await poll(lambda: BAR.map.is_free(*walker.position, []), BOT_DEADLINE)
+    finally:
+        await walker.close()

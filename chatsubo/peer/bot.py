@@ -229,7 +229,9 @@ class Bot:
             x, y = self.position
             step = (x + 0.12 * math.cos(heading), y + 0.12 * math.sin(heading))
             others = self._others()
-            if not BAR.map.is_free(*step, others) and not _roomier(step, self.position, others):
+            blocked = not BAR.map.is_free(*step, others)
+            # Off furniture it steers clear; told to stand on some, it just walks off.
+            if blocked and BAR.map.is_free(x, y, []) and not _roomier(step, (x, y), others):
                 # Blocked: turn somewhere else and try again next time.
                 heading += self._rng.uniform(math.pi / 2, 3 * math.pi / 2)
                 continue
