@@ -19,10 +19,9 @@ import pytest
 
 from chatsubo import protocol as p
 from chatsubo.peer.bot import Bot, BotOptions
-from chatsubo.server.config import ServerConfig
 from chatsubo.space import BAR, Point, Zone
 from tests.browser import BOT_DEADLINE, Bots
-from tests.conftest import TEST_SECRET, ClientFactory, RunningServer, poll, start_server
+from tests.conftest import ClientFactory, RunningServer, poll
 
 ROOM = "r"
 
@@ -71,39 +70,6 @@ def test_reconnect_waits_stay_short_for_the_first_minute() -> None:
     assert p.reconnect_delay(3, rules.fast_reconnect_for, 0.0) == rules.reconnect_max
     jittered = p.reconnect_delay(2, 1.0, 0.999)
     assert (1 - rules.reconnect_jitter) * 1.0 < jittered < 1.0
-
-
-# --- coming back after a restart ---------------------------------------------------
-
-
-async def test_bots_are_back_within_seconds_and_forget_a_peer_that_never_returns(
-    bots: Bots,
-) -> None:
-    config = ServerConfig(secret=TEST_SECRET, grace=3.0)
-    server = await start_server(config)
-    port = server.port
-    try:
-        stays = await bots.start(server, ROOM, "Stays")
-        await stays.peer_id()
-        goes = await bots.start(server, ROOM, "Goes")
-        gone_id = await goes.peer_id()
-        await stays.wait_for("peer_connected", peer=gone_id)
-        await server.stop()
-        # A long outage: the backoff of old grew to 10 s by now.
-        await poll(lambda: len(stays.matching("retrying")) >= 6, BOT_DEADLINE)
-        await goes.stop()
-        server = await start_server(config, port=port)
-        returned = time.monotonic()
-        await poll(lambda: bool(server.peer_ids()), BOT_DEADLINE)
-        back = time.monotonic() - returned
-        # 2 s is the longest wait; the rest is headroom for two busy cores.
-        assert back < 3 + 1.5, f"back in the room {back:.1f} s after the server returned"
-        # Goes never came back: once the grace period is over it is forgotten.
-        left = await stays.wait_for("peer_left", peer=gone_id)
-        assert left["reason"] == "timeout"
-        await stays.wait_for("peer_disconnected", peer=gone_id)
-    finally:
-        await server.stop()
 
 
 # --- what the bot hears and says ---------------------------------------------------

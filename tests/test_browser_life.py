@@ -80,6 +80,10 @@ async def test_page_and_bot_are_back_within_seconds_of_a_restart_and_forget_who_
             lambda: "the page to forget the peer that never came back",
         )
         assert await case.page.evaluate("id => window.chatsubo.peer.links.has(id)", stays_id)
+        # And so does the bot, with the reason the server would have given.
+        left = await stays.wait_for("peer_left", peer=goes_id)
+        assert left["reason"] == "timeout"
+        await stays.wait_for("peer_disconnected", peer=goes_id)
     finally:
         await server.stop()
 
