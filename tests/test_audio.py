@@ -375,3 +375,13 @@ async def test_wav_recorder_writes_the_mix(tmp_path: Path) -> None:
     assert rms(data[:, 0]) > 1000
     assert rms(data[:, 0]) > rms(data[:, 1]), "the bot stands to the listener's left"
     assert abs(peak_hz(data[:9600, 0]) - 440) < 10
+
+
+def test_a_source_is_silent_until_its_position_is_known() -> None:
+    mixer = SpatialMixer(listener=(10.0, 8.0))
+    buffer = fed_buffer()
+    mixer.add("peer", buffer, None)
+    assert not mixer.mix().any()
+    buffer.push(stereo_tone_frame(440.0))
+    mixer.move("peer", (10.0, 7.0))
+    assert mixer.mix().any()

@@ -59,11 +59,11 @@ async def test_two_bots_meet_chat_and_hear_each_other_in_space(
 ) -> None:
     record = tmp_path / "heard.wav"
     bartender = await _bot(
-        server, "--name", "Bartender", "--zone", "Lounge", "--audio", "tone:440",
+        server, "--name", "Bartender", "--position", "18,4.8", "--audio", "tone:440",
         "--echo", "--duration", "8",
     )  # fmt: skip
     case = await _bot(
-        server, "--name", "Case", "--zone", "Central Bar", "--audio", "silence",
+        server, "--name", "Case", "--position", "12,4.8", "--audio", "silence",
         "--say", "a drink, bartender", "--every", "1", "--record", str(record),
         "--duration", "6",
     )  # fmt: skip
@@ -81,7 +81,7 @@ async def test_two_bots_meet_chat_and_hear_each_other_in_space(
         assert (wav.getnchannels(), wav.getframerate()) == (2, 48000)
         pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
     left, right = np.sqrt((pcm.astype(np.float64) ** 2).mean(axis=0))
-    # The Lounge is to the right of the Central Bar.
+    # The bartender stands 6 m to the right, in the Lounge: heard, on the right.
     assert right > 5 * left
     spectrum = np.abs(np.fft.rfft(pcm[:, 1]))
     assert abs(np.argmax(spectrum) * 48000 / len(pcm) - 440) < 5

@@ -33,7 +33,8 @@ class Voice {
     this.source.connect(this.analyser);
     this.source.connect(this.gain).connect(this.panner).connect(context.destination);
     this.volume = 1;
-    this.position = [0, 0];
+    /** Where the peer stands; null until it says so, and silent until then. */
+    this.position = null;
   }
 
   stop() {
@@ -73,12 +74,16 @@ export class SpatialAudio {
     return this.context.resume();
   }
 
-  /** Play `peerId`'s stream from `position` ([x, y] in meters; where we stand if unknown). */
+  /**
+   * Play `peerId`'s stream from `position` ([x, y] in meters). Unknown (null),
+   * the voice stays silent until `move`: a voice from across the bar must not
+   * blare while its first position is on its way.
+   */
   add(peerId, stream, position = null) {
     this.remove(peerId);
     const voice = new Voice(this.context, stream);
     this.voices.set(peerId, voice);
-    voice.position = position ?? this.listener;
+    voice.position = position;
     voice.volume = this.volumes.get(peerId) ?? 1;
     this._place(voice);
   }
@@ -137,6 +142,7 @@ export class SpatialAudio {
   }
 
   _place(voice) {
+    if (voice.position === null) return;
     const [x, y] = voice.position;
     const now = this.context.currentTime;
     voice.panner.positionX.setTargetAtTime(x, now, GLIDE);
@@ -146,6 +152,7 @@ export class SpatialAudio {
 
   /** The shared distance model times our own volume, ramped from wherever the gain is now. */
   _setGain(voice) {
+    if (voice.position === null) return;
     const [x, y] = voice.position;
     const distance = Math.hypot(x - this.listener[0], y - this.listener[1]);
     const gain = voice.gain.gain;

@@ -216,8 +216,8 @@ export class SignalingClient extends Emitter {
     this._grace = welcome.limits.grace;
     this._lastError = null;
     if (this.resumeToken === null) this.peerId = welcome.peerId;
-    this._attempt = 0;
-    this._outageBegan = null;
+    // In the lobby the outage is over now; in a room, once the rejoin succeeds.
+    if (this.room === null) this._outageOver();
     this._lastHeard = Date.now();
     this._pingTimer = setInterval(() => this._ping(), this.rules.pingInterval * 1000);
     if (this._watching) this._write({ type: "watch_rooms" });
@@ -259,6 +259,7 @@ export class SignalingClient extends Emitter {
         this.peerId = message.peerId;
         this.resumeToken = message.resumeToken ?? this.resumeToken;
         this._setState("connected");
+        this._outageOver();
         if (this.zone !== null) this._write({ type: "update", zone: this.zone });
         this._confirm(new Set(message.peers.map((info) => info.peerId)));
         this.emit("peer_list", message);
@@ -305,6 +306,11 @@ export class SignalingClient extends Emitter {
     // A rejoin was refused (the room filled up meanwhile): report it, try again later.
     this.emit("server_error", error);
     this._ws?.close();
+  }
+
+  _outageOver() {
+    this._attempt = 0;
+    this._outageBegan = null;
   }
 
   // --- who is in the room: after a rejoin, those not listed get the grace period --

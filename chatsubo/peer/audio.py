@@ -488,7 +488,8 @@ class _Voice:
     """One source in the mix: where it stands, and the gains it was last mixed at."""
 
     source: MonoPcm
-    position: tuple[float, float]
+    #: None until the peer says where it stands: silent until then, not "right here".
+    position: tuple[float, float] | None
     gains: tuple[float, float] = (0.0, 0.0)
 
 
@@ -508,8 +509,13 @@ class SpatialMixer:
         self.model = model
         self._voices: dict[str, _Voice] = {}
 
-    def add(self, peer_id: str, source: MonoPcm, position: tuple[float, float]) -> None:
-        """Start mixing a peer's audio (an :class:`AudioIn`) heard from ``position``."""
+    def add(self, peer_id: str, source: MonoPcm, position: tuple[float, float] | None) -> None:
+        """Start mixing a peer's audio (an :class:`AudioIn`) heard from ``position``.
+
+        A source whose position is not known yet (None) stays silent until
+        :meth:`move`: a voice from across the bar must not blare while its
+        first position is on its way.
+        """
         self._voices[peer_id] = _Voice(source, position)
 
     def move(self, peer_id: str, position: tuple[float, float]) -> None:
@@ -528,7 +534,11 @@ class SpatialMixer:
         for voice in self._voices.values():
             # Taken even when silent, so that nothing stale plays on coming near.
             pcm = voice.source.take(FRAME_SAMPLES)
-            gains = self.model.stereo_gains(self.listener, voice.position)
+            gains = (
+                (0.0, 0.0)
+                if voice.position is None
+                else self.model.stereo_gains(self.listener, voice.position)
+            )
             if gains == voice.gains:
                 if gains != (0.0, 0.0):
                     out += pcm[:, None] * np.array(gains, np.float32)

@@ -126,12 +126,7 @@ class Bot:
     def _on_audio(self, peer_id: str, audio_in: AudioIn) -> None:
         link = self.peer.links.get(peer_id)
         where = (
-            self.position
-            if link is None or link.position is None
-            else (
-                link.position.x,
-                link.position.y,
-            )
+            None if link is None or link.position is None else (link.position.x, link.position.y)
         )
         self.mixer.add(peer_id, audio_in, where)
 
@@ -271,6 +266,13 @@ def _roomier(step: Point, here: Point, others: list[Point]) -> bool:
     return nearest(step) > nearest(here)
 
 
+def _middle(zone: Zone) -> Rect:
+    """The middle of a zone, where ``--zone`` looks for a free spot first."""
+    x, y = zone.center
+    side = min(3.0, zone.width, zone.height)
+    return Rect(x - side / 2, y - side / 2, side, side)
+
+
 def _position(text: str) -> tuple[float, float]:
     try:
         x, y = (float(part) for part in text.split(","))
@@ -311,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stand exactly here, in meters on the 24 x 16 m map (default: a free spot "
         "in front of the bar counter, where newcomers arrive)",
     )
-    place.add_argument("--zone", help=f"stand at a free spot in this zone: {zones}")
+    place.add_argument("--zone", help=f"stand at a free spot in the middle of a zone: {zones}")
     parser.add_argument("--wander", action="store_true", help="stroll around the bar")
     parser.add_argument("--say", metavar="TEXT", help="say TEXT in the chat, repeatedly")
     parser.add_argument(
@@ -335,7 +337,7 @@ def _bot_options(args: argparse.Namespace, index: int, others: list[Point]) -> B
     """One bot's options; ``others`` are the spots of the bots made before it."""
     name = args.name if args.count == 1 else f"{args.name}-{index + 1}"
     rng = random.Random(args.seed + index)
-    area: Rect | None = BAR.map.zone(args.zone) if args.zone else BAR.map.arrival
+    area: Rect | None = _middle(BAR.map.zone(args.zone)) if args.zone else BAR.map.arrival
     if args.position:
         position, area = BAR.map.clamp(*args.position), None
     else:
