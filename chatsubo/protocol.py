@@ -116,17 +116,18 @@ CLOSE_RULES: Final = (
         Reconnect.NEVER,
     ),
 )
-_RECONNECT = {rule.code: rule.reconnect for rule in CLOSE_RULES}
+_CLOSE_RULE = {rule.code: rule for rule in CLOSE_RULES}
 
 
 def reconnect_after(code: int | None) -> Reconnect:
     """What a client does when its socket closes with ``code`` (None: with no close frame)."""
-    return _RECONNECT.get(code or 0, Reconnect.BACKOFF)
+    rule = _CLOSE_RULE.get(code or 0)
+    return Reconnect.BACKOFF if rule is None else rule.reconnect
 
 
 def closing_words(code: int | None, error: str | None = None) -> str:
     """Why the server closed the socket, in plain words: the close code and the last error."""
-    rule = next((r for r in CLOSE_RULES if r.code == code), None)
+    rule = _CLOSE_RULE.get(code or 0)
     if rule is None:
         return f"the connection closed ({code})" if code else "the connection dropped"
     return rule.reasons.get(error or "", rule.meaning)

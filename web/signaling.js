@@ -325,12 +325,15 @@ export class SignalingClient extends Emitter {
 
   _arrived(peerId) {
     this._members.add(peerId);
-    clearTimeout(this._unconfirmed.get(peerId));
-    this._unconfirmed.delete(peerId);
+    this._stopWaiting(peerId);
   }
 
   _gone(peerId) {
     this._members.delete(peerId);
+    this._stopWaiting(peerId);
+  }
+
+  _stopWaiting(peerId) {
     clearTimeout(this._unconfirmed.get(peerId));
     this._unconfirmed.delete(peerId);
   }

@@ -294,19 +294,19 @@ class SignalingClient(AsyncIOEventEmitter):
 
     def _arrived(self, peer_id: str) -> None:
         self._members.add(peer_id)
-        timer = self._unconfirmed.pop(peer_id, None)
-        if timer is not None:
-            timer.cancel()
+        self._stop_waiting(peer_id)
 
     def _gone(self, peer_id: str) -> None:
         self._members.discard(peer_id)
+        self._stop_waiting(peer_id)
+
+    def _stop_waiting(self, peer_id: str) -> None:
         timer = self._unconfirmed.pop(peer_id, None)
         if timer is not None:
             timer.cancel()
 
     def _expire(self, peer_id: str) -> None:
-        self._unconfirmed.pop(peer_id, None)
-        self._members.discard(peer_id)
+        self._gone(peer_id)
         logger.info("peer %s did not come back after the rejoin; taking it as gone", peer_id)
         self.emit("peer_left", p.PeerLeft(peer_id=peer_id, reason=p.LeaveReason.TIMEOUT))
 
