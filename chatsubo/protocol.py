@@ -47,6 +47,7 @@ class ErrorCode(enum.StrEnum):
     BAD_ORIGIN = "bad_origin"
     BAD_RESUME = "bad_resume"
     SERVER_FULL = "server_full"
+    UNAVAILABLE = "unavailable"
 
 
 class LeaveReason(enum.StrEnum):
@@ -109,7 +110,12 @@ CLOSE_RULES: Final = (
     ),
     CloseRule(CloseCode.MESSAGE_TOO_BIG, "a frame over 1 MiB", Reconnect.BACKOFF),
     CloseRule(CloseCode.SERVICE_RESTART, "the server is restarting", Reconnect.AT_ONCE),
-    CloseRule(CloseCode.TRY_AGAIN_LATER, "the server is full", Reconnect.BACKOFF),
+    CloseRule(
+        CloseCode.TRY_AGAIN_LATER,
+        "the server is full",
+        Reconnect.BACKOFF,
+        {"unavailable": "the server cannot reach its rooms for a moment"},
+    ),
     CloseRule(
         CloseCode.REPLACED,
         "the same peer connected again elsewhere, and the newer connection won",

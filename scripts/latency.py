@@ -139,11 +139,11 @@ async def measure(
     source = ChirpSource()
     voice = AudioOut(source)
     ear = Ear()
-    speaker = MeshPeer("latency", "speaker", SignalingOptions(url=url), audio=voice)
+    speaker = MeshPeer("latency", "speaker", SignalingOptions(urls=[url]), audio=voice)
     listener = MeshPeer(
         "latency",
         "listener",
-        SignalingOptions(url=url),
+        SignalingOptions(urls=[url]),
         PeerOptions(inline_audio=low_latency),
     )
     heard = asyncio.Event()

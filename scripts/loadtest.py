@@ -141,7 +141,7 @@ class LoadPeer:
         self.peer = MeshPeer(
             plan.room,
             plan.name,
-            SignalingOptions(url=job.url),
+            SignalingOptions(urls=[job.url]),
             PeerOptions(inline_audio=not job.aiortc_receive),
             audio=self.audio,
         )

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -116,13 +120,135 @@ async def bots(make_server: ServerFactory) -> AsyncIterator[Bots]:
         await running.close()
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on at the moment."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class RedisServer:
+    """Debian's redis-server on a loopback port, keeping nothing on disk."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it (again, on the same port); returns once it answers."""
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + DEADLINE
+        while not self.answers():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def command(self, *args: str) -> str:
+        """Run one command with redis-cli; its output."""
+        done = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args], capture_output=True, check=True, text=True
+        )
+        return done.stdout.strip()
+
+    def stop(self) -> None:
+        """Kill it at once: whatever it held is gone."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+def _start_redis() -> RedisServer:
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs Debian's redis-server: apt-get install redis-server")
+    redis = RedisServer(free_port())
+    redis.start()
+    return redis
+
+
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisServer]:
+    """One redis-server for the whole run; ``redis`` empties it for each test."""
+    redis = _start_redis()
+    yield redis
+    redis.stop()
+
+
 @pytest.fixture
-async def make_server() -> AsyncIterator[ServerFactory]:
-    """Start servers with config overrides; all are stopped after the test."""
+def redis(shared_redis: RedisServer) -> RedisServer:
+    """The shared redis-server, emptied."""
+    shared_redis.command("FLUSHALL")
+    return shared_redis
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may stop and start."""
+    redis = _start_redis()
+    yield redis
+    redis.stop()
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """Where ``make_server`` keeps rooms; modules with ``BOTH_BACKENDS`` run with each."""
+    kind: str = getattr(request, "param", "memory")
+    return kind
+
+
+#: ``pytestmark`` for a module whose server tests run against both room backends.
+BOTH_BACKENDS = pytest.mark.both_backends
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests marked ``both_backends`` that start servers once per backend."""
+    marked = metafunc.definition.get_closest_marker("both_backends") is not None
+    if marked and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", ["memory", "redis"], indirect=True)
+
+
+@pytest.fixture
+async def make_server(backend: str, request: pytest.FixtureRequest) -> AsyncIterator[ServerFactory]:
+    """Start servers with config overrides; all are stopped after the test.
+
+    With the Redis backend, every server of the test shares one Redis, as
+    several instances of one bar do.
+    """
     started: list[RunningServer] = []
+    shared: dict[str, Any] = {}
+    if backend == "redis":
+        shared["redis_url"] = request.getfixturevalue("redis").url
 
     async def factory(**overrides: Any) -> RunningServer:
-        config = replace(ServerConfig(secret=TEST_SECRET), **overrides)
+        config = replace(ServerConfig(secret=TEST_SECRET), **{**shared, **overrides})
         server = await start_server(config)
         started.append(server)
         return server

@@ -25,6 +25,7 @@ import pytest
 from chatsubo.protocol import CloseCode, ErrorCode
 from chatsubo.server.identity import TokenSigner
 from tests.conftest import (
+    BOTH_BACKENDS,
     DEADLINE,
     TEST_SECRET,
     Client,
@@ -34,6 +35,8 @@ from tests.conftest import (
     pair,
     poll,
 )
+
+pytestmark = BOTH_BACKENDS
 
 #: Loggers whose errors and tracebacks mean the server mishandled something.
 WATCHED_LOGGERS = ("chatsubo", "aiohttp", "asyncio")

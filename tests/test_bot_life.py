@@ -18,7 +18,8 @@ import time
 import pytest
 
 from chatsubo import protocol as p
-from chatsubo.peer.bot import Bot, BotOptions
+from chatsubo.peer.bot import Bot, BotOptions, parse_args
+from chatsubo.peer.signaling import DEFAULT_URL
 from chatsubo.space import BAR, Point, Zone
 from tests.browser import BOT_DEADLINE, Bots
 from tests.conftest import ClientFactory, RunningServer, poll
@@ -62,6 +63,27 @@ async def test_a_bot_that_cannot_connect_leaves_on_a_signal(
     assert time.monotonic() - told < 1 + 2, "leaves within about a second"
 
 
+async def test_a_bot_given_two_servers_fails_over_to_the_one_that_is_up(
+    server: RunningServer, bots: Bots
+) -> None:
+    down = f"http://127.0.0.1:{_closed_port()}"
+    bot = await bots.start(down, ROOM, "Failover", "--server", server.url)
+    await bot.wait_for("joined")
+    (retrying, *_) = bot.matching("retrying")
+    assert retrying["url"] == server.ws_url
+    assert "cannot connect" in retrying["why"]
+    # The log line names both: the one that failed and the one tried next.
+    said = f"ws://{down.removeprefix('http://')}/ws: cannot connect"
+    await poll(lambda: any(said in line for line in bot.stderr), BOT_DEADLINE)
+    assert any(f"trying {server.ws_url} in" in line for line in bot.stderr), bot.stderr
+
+
+def test_server_is_repeatable_and_defaults_to_this_machine() -> None:
+    assert parse_args([]).servers == [DEFAULT_URL]
+    given = ["http://10.0.0.1:8080", "ws://10.0.0.2:8080/ws"]
+    assert parse_args(["--server", given[0], "--server", given[1]]).servers == given
+
+
 def test_reconnect_waits_stay_short_for_the_first_minute() -> None:
     rules = p.CLIENT_RULES
     waits = [p.reconnect_delay(n, 0.5 * n, 0.0) for n in range(100)]
@@ -96,6 +118,8 @@ async def test_a_bot_hears_renames(
         (["--name", "tab\there"], "printable text"),
         (["--room", "the back room"], "a room name is 1 to 64 letters"),
         (["--zone", "Kitchen"], "no zone 'Kitchen'; the zones are"),
+        # The command already has one good --server: this is a bad second one.
+        (["--server", "ftp://b/"], "--server: 'ftp://b/' is not an http(s):// or ws(s):// URL"),
     ],
 )
 def test_bad_names_and_rooms_get_plain_words_before_connecting(args: list[str], words: str) -> None:
@@ -163,7 +187,7 @@ def _options(name: str, server: RunningServer, position: Point, settle: bool) ->
     return BotOptions(
         room=ROOM,
         name=name,
-        server=server.url,
+        servers=[server.url],
         insecure=False,
         audio="silence",
         seed=1,

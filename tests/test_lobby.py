@@ -7,7 +7,9 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import Client, ClientFactory, RunningServer, ServerFactory, pair
+from tests.conftest import BOTH_BACKENDS, Client, ClientFactory, RunningServer, ServerFactory, pair
+
+pytestmark = BOTH_BACKENDS
 
 
 async def _rooms_until(watcher: Client, expected: list[dict[str, Any]]) -> list[dict[str, Any]]:

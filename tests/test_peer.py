@@ -45,7 +45,7 @@ async def make_peer(server: RunningServer) -> AsyncIterator[PeerMaker]:
         if tone is not None:
             audio = AudioOut(ToneSource(tone))
             outs.append(audio)
-        signaling = SignalingOptions(url=url or server.url)
+        signaling = SignalingOptions(urls=[url or server.url])
         peer = MeshPeer(room, name, signaling, options, audio=audio)
         peers.append(peer)
         return peer
@@ -173,7 +173,7 @@ async def test_closing_leaves_no_tasks_or_threads(server: RunningServer) -> None
     threads_before = set(threading.enumerate())
     outs = [AudioOut(ToneSource(hz)) for hz in (300.0, 400.0)]
     peers = [
-        MeshPeer("tidy", name, SignalingOptions(url=server.url), audio=out)
+        MeshPeer("tidy", name, SignalingOptions(urls=[server.url]), audio=out)
         for name, out in zip(("A", "B"), outs, strict=True)
     ]
     for peer in peers:
@@ -257,7 +257,7 @@ async def test_trickled_candidates_from_a_browser_like_peer(
     """Offer without candidates, then trickle them after a delay, then null: as browsers do."""
     bot = make_peer("Bot")
     await bot.start()
-    browser = SignalingClient("mesh", "Browser", SignalingOptions(url=server.url))
+    browser = SignalingClient("mesh", "Browser", SignalingOptions(urls=[server.url]))
     answers: list[Any] = []
     browser.on("signal", lambda m: answers.append(json.loads(bytes(m.data))))
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
@@ -300,7 +300,7 @@ async def test_trickled_candidates_from_a_browser_like_peer(
 async def test_a_link_that_never_connects_is_offered_again(
     server: RunningServer, make_peer: PeerMaker
 ) -> None:
-    silent = SignalingClient("mesh", "Silent", SignalingOptions(url=server.url))
+    silent = SignalingClient("mesh", "Silent", SignalingOptions(urls=[server.url]))
     offers: list[Any] = []
     silent.on("signal", lambda m: offers.append(json.loads(bytes(m.data))))
     try:

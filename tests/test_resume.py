@@ -6,6 +6,7 @@ import time
 
 from chatsubo.server.config import ServerConfig
 from tests.conftest import (
+    BOTH_BACKENDS,
     TEST_SECRET,
     ClientFactory,
     RunningServer,
@@ -14,6 +15,8 @@ from tests.conftest import (
     poll,
     start_server,
 )
+
+pytestmark = BOTH_BACKENDS
 
 
 async def test_clean_close_leaves_at_once(server: RunningServer, connect: ClientFactory) -> None:

@@ -18,6 +18,7 @@ def test_members_hold_only_data() -> None:
         "joined_at": "int",
         "zone": "str | None",
         "away_until": "float | None",
+        "owner": "str",
     }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.conftest import ClientFactory, RunningServer
+from tests.conftest import BOTH_BACKENDS, ClientFactory, RunningServer
+
+pytestmark = BOTH_BACKENDS
 
 
 async def test_seed_flow(server: RunningServer, connect: ClientFactory) -> None:

@@ -1,4 +1,4 @@
-"""The Python signaling client against the real server: join, relay, and survive restarts."""
+"""The Python signaling client against the real server: join, relay, survive restarts, fail over."""
 
 from __future__ import annotations
 
@@ -59,6 +59,9 @@ class Recorder:
             "connectionstatechange",
         ):
             client.on(name, self._recorder(name))
+        client.on(
+            "retrying", lambda url, why, wait: self.events.append(("retrying", (url, why, wait)))
+        )
 
     def _recorder(self, name: str) -> Callable[[Any], None]:
         return lambda value: self.events.append((name, value))
@@ -72,6 +75,7 @@ class Recorder:
 
 
 ClientMaker = Callable[..., tuple[SignalingClient, Recorder]]
+Target = RunningServer | str
 
 
 @pytest.fixture
@@ -79,10 +83,11 @@ async def make_client() -> AsyncIterator[ClientMaker]:
     clients: list[SignalingClient] = []
 
     def make(
-        target: RunningServer | str, name: str, room: str = "r", **options: Any
+        target: Target | list[Target], name: str, room: str = "r", **options: Any
     ) -> tuple[SignalingClient, Recorder]:
-        url = target if isinstance(target, str) else target.url
-        client = SignalingClient(room, name, SignalingOptions(url=url, **options))
+        targets = target if isinstance(target, list) else [target]
+        urls = [t if isinstance(t, str) else t.url for t in targets]
+        client = SignalingClient(room, name, SignalingOptions(urls=urls, **options))
         clients.append(client)
         return client, Recorder(client)
 
@@ -159,10 +164,15 @@ async def test_restart_keeps_identities(make_client: ClientMaker) -> None:
         await server.stop()
 
 
-async def test_waits_for_a_server_that_is_not_up_yet(make_client: ClientMaker) -> None:
+def _closed_port() -> int:
+    """A port with nothing listening on it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return int(s.getsockname()[1])
+
+
+async def test_waits_for_a_server_that_is_not_up_yet(make_client: ClientMaker) -> None:
+    port = _closed_port()
     client, events = make_client(f"http://127.0.0.1:{port}", "Early")
     connecting = asyncio.create_task(client.connect())
     await poll(lambda: events.of("connectionstatechange") == ["connecting"])
@@ -190,3 +200,63 @@ async def test_refused_resume_joins_as_a_new_peer(make_client: ClientMaker) -> N
         assert [m.peer_id for m in server.hub.members()] == [client.peer_id]
     finally:
         await server.stop()
+
+
+async def test_a_restarting_server_fails_over_to_the_next_at_once(
+    make_server: ServerFactory, make_client: ClientMaker
+) -> None:
+    first, second = await make_server(), await make_server()
+    a, a_events = make_client([first, second], "A")
+    b, b_events = make_client([second], "B")
+    await a.connect()
+    await b.connect()
+    assert a.url == first.ws_url
+    peer_id = a.peer_id
+
+    await first.stop()
+    await poll(lambda: a.peer_id in second.peer_ids())
+    await poll(lambda: a.connectionState == "connected")
+    assert a.peer_id == peer_id
+    assert a.url == second.ws_url
+    assert a_events.of("retrying") == [(second.ws_url, "the server is restarting", 0.0)]
+    assert a_events.of("connectionstatechange") == [
+        "connecting",
+        "connected",
+        "reconnecting",
+        "connected",
+    ]
+    assert second.peer_ids() == {a.peer_id, b.peer_id}
+    (back,) = await b_events.wait("peer_joined")
+    assert (back.peer_id, back.resumed) == (peer_id, True)
+
+    # Round robin: when the second restarts too, back to the first, up again.
+    restarted = await start_server(ServerConfig(secret=TEST_SECRET), port=first.port)
+    try:
+        await second.stop()
+        await poll(lambda: restarted.peer_ids() == {peer_id})
+        await poll(lambda: a.connectionState == "connected")
+        assert a.url == first.ws_url
+        assert a_events.of("retrying")[-1] == (first.ws_url, "the server is restarting", 0.0)
+    finally:
+        await restarted.stop()
+
+
+async def test_an_unreachable_server_fails_over_to_the_next(
+    server: RunningServer, make_client: ClientMaker
+) -> None:
+    down = f"http://127.0.0.1:{_closed_port()}"
+    client, events = make_client([down, server], "A")
+    await asyncio.wait_for(client.connect(), DEADLINE)
+    assert client.url == server.ws_url
+    assert server.peer_ids() == {client.peer_id}
+    ((url, why, wait),) = events.of("retrying")
+    assert url == server.ws_url
+    assert why.startswith("cannot connect")
+    assert wait == p.reconnect_delay(0, 0.0, 0.0), "the first retry of an outage waits no time"
+
+
+def test_the_client_needs_a_server_url() -> None:
+    with pytest.raises(ValueError, match="no server URL"):
+        SignalingClient("r", "A", SignalingOptions(urls=[]))
+    with pytest.raises(ValueError, match="'ftp://host/' is not an http"):
+        SignalingClient("r", "A", SignalingOptions(urls=["http://host:8080", "ftp://host/"]))

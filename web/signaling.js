@@ -290,6 +290,11 @@ export class SignalingClient extends Emitter {
       this.emit("server_error", error);
       return;
     }
+    if (error.code === "unavailable") {
+      // The server closes with 1013 next, and the schedule brings us back.
+      this.emit("server_error", error);
+      return;
+    }
     if (error.code === "bad_resume") {
       this.resumeToken = null;
       this._write({ type: "join", roomId: this.room.roomId, name: this.room.name });

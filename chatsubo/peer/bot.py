@@ -32,7 +32,7 @@ from .audio import (
     parse_source,
 )
 from .mesh import MeshPeer
-from .signaling import SignalingError, SignalingOptions, websocket_url
+from .signaling import DEFAULT_URL, SignalingError, SignalingOptions, websocket_url
 
 logger = logging.getLogger("chatsubo.bot")
 
@@ -43,7 +43,8 @@ class BotOptions:
 
     room: str
     name: str
-    server: str
+    #: The server's URLs, tried in turn (see :class:`SignalingOptions`).
+    servers: list[str]
     insecure: bool
     audio: str
     seed: int
@@ -69,7 +70,7 @@ class Bot:
         self.peer = MeshPeer(
             options.room,
             options.name,
-            SignalingOptions(url=options.server, insecure=options.insecure),
+            SignalingOptions(urls=options.servers, insecure=options.insecure),
             audio=self.audio,
         )
         self.mixer = SpatialMixer(listener=options.position)
@@ -293,8 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--room", default="chatsubo-main", help="room to join")
     parser.add_argument(
         "--server",
-        default="http://127.0.0.1:8080",
-        help="the page's URL (http://host:8080) or the socket's (ws://host:8080/ws)",
+        action="append",
+        dest="servers",
+        # Not the default URL: "append" would add to it rather than replace it.
+        # parse_args() fills it in when no --server is given.
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="the page's URL (http://host:8080) or the socket's (ws://host:8080/ws); give "
+        "--server several times to fail over to the next when one goes away "
+        f"(default: {DEFAULT_URL})",
     )
     parser.add_argument(
         "--insecure", action="store_true", help="accept a self-signed TLS certificate"
@@ -333,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The bot's command line, with the default server when no ``--server`` is given."""
+    args = build_parser().parse_args(argv)
+    args.servers = getattr(args, "servers", [DEFAULT_URL])
+    return args
+
+
 def _bot_options(args: argparse.Namespace, index: int, others: list[Point]) -> BotOptions:
     """One bot's options; ``others`` are the spots of the bots made before it."""
     name = args.name if args.count == 1 else f"{args.name}-{index + 1}"
@@ -345,7 +360,7 @@ def _bot_options(args: argparse.Namespace, index: int, others: list[Point]) -> B
     return BotOptions(
         room=args.room,
         name=name,
-        server=args.server,
+        servers=args.servers,
         insecure=args.insecure,
         audio=args.audio,
         # Random, so that bots in separate processes also differ in pitch.
@@ -409,7 +424,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run bots from the command line; ``python -m chatsubo.client`` calls this."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     args.seed = random.randrange(1000)
     configure_logging(args.log_level)
     if args.log_level != "debug":
@@ -430,10 +445,11 @@ def _check(args: argparse.Namespace) -> str | None:
             BAR.map.zone(args.zone)
         except KeyError as exc:
             return f"--zone: {exc.args[0]}"
-    try:
-        websocket_url(args.server)
-    except ValueError as exc:
-        return f"--server: {exc}"
+    for server in args.servers:
+        try:
+            websocket_url(server)
+        except ValueError as exc:
+            return f"--server: {exc}"
     if not p.is_valid_room_id(args.room):
         return (
             f"--room {args.room!r}: a room name is 1 to {p.ROOM_ID_MAX_CHARS} letters, digits, "

@@ -2,7 +2,9 @@
 
 It joins one room and stays there. When the socket drops it reconnects with
 exponential backoff and jitter, and rejoins with its resume token, so it keeps
-its peer id and its peer-to-peer connections never notice.
+its peer id and its peer-to-peer connections never notice. Given several
+server URLs (instances sharing one secret), it fails over to the next one when
+the current one restarts or cannot be reached.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import logging
 import random
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import msgspec
@@ -22,6 +24,9 @@ from yarl import URL
 from .. import protocol as p
 
 logger = logging.getLogger(__name__)
+
+#: Where a client connects when told nothing else: a server on this machine.
+DEFAULT_URL = "http://127.0.0.1:8080"
 
 #: Join errors that no amount of retrying will fix.
 _FINAL_JOIN_ERRORS = frozenset({p.ErrorCode.BAD_MESSAGE, p.ErrorCode.BAD_ORIGIN})
@@ -55,7 +60,10 @@ class SignalingError(Exception):
 class SignalingOptions:
     """How to reach the server and how to retry."""
 
-    url: str = "http://127.0.0.1:8080"
+    #: The server's URLs, each as :func:`websocket_url` takes it. The client
+    #: stays on one while it works and moves to the next, round robin, when
+    #: that one restarts (1012) or a connection attempt to it fails.
+    urls: list[str] = field(default_factory=lambda: [DEFAULT_URL])
     #: Accept any TLS certificate, as for a server run with ``--self-signed``.
     insecure: bool = False
     #: Seconds between our WebSocket pings; a server silent for 1.5 periods is given up on.
@@ -72,7 +80,7 @@ class SignalingClient(AsyncIOEventEmitter):
     ``signal``, ``rooms`` and ``server_error``; ``connectionstatechange``
     when :attr:`connectionState` changes (``new``, ``connecting``,
     ``connected``, ``reconnecting``, ``closed``); and ``retrying(url, why,
-    seconds)`` before each wait to reconnect.
+    seconds)`` before each wait to reconnect, ``url`` being the one it will try.
 
     After a rejoin, a peer we knew that the server does not list again
     within its grace period is taken to have left while we were away: it
@@ -87,7 +95,11 @@ class SignalingClient(AsyncIOEventEmitter):
         self.room_id = room_id
         self.name = name
         self.options = options or SignalingOptions()
-        self._url = websocket_url(self.options.url)
+        if not self.options.urls:
+            raise ValueError("no server URL to connect to")
+        self._urls = [websocket_url(url) for url in self.options.urls]
+        #: Which of ``_urls`` we use now, or try next.
+        self._current = 0
         self.peer_id: str | None = None
         self.resume_token: str | None = None
         self.ice_servers: list[p.IceServer] = []
@@ -106,6 +118,11 @@ class SignalingClient(AsyncIOEventEmitter):
         self._grace = 0.0
         #: The code of the last ``error``: with the close code, it says why we were closed.
         self._last_error: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The socket URL we are connected to, or will try next."""
+        return self._urls[self._current]
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -193,10 +210,12 @@ class SignalingClient(AsyncIOEventEmitter):
                 self._set_state("connecting" if self.peer_id is None else "reconnecting")
                 code: int | None = None
                 why = "the connection dropped"
+                tried, connected = self.url, False
                 try:
                     async with http.ws_connect(
-                        self._url, heartbeat=self.options.heartbeat, ssl=ssl_context
+                        tried, heartbeat=self.options.heartbeat, ssl=ssl_context
                     ) as ws:
+                        connected = True
                         self._ws = ws
                         self._last_error = None
                         if await self._serve(ws):
@@ -218,14 +237,25 @@ class SignalingClient(AsyncIOEventEmitter):
                 if reconnect is p.Reconnect.NEVER:
                     self._fail(SignalingError("closed", f"{why} ({code})"))
                     return
+                if not connected:
+                    self._fail_over()
                 if reconnect is p.Reconnect.AT_ONCE:
-                    wait = p.CLIENT_RULES.restart_spread * random.random()
+                    # The spread keeps everyone from returning to a restarting
+                    # server at the same moment; another instance is up already.
+                    spread = 0.0 if self._fail_over() else p.CLIENT_RULES.restart_spread
+                    wait = spread * random.random()
                 else:
                     wait = p.reconnect_delay(attempt, loop.time() - outage_began, random.random())
                     attempt += 1
-                logger.warning("%s: %s; trying again in %.1f s", self._url, why, wait)
-                self.emit("retrying", self._url, why, wait)
+                target = "again" if self.url == tried else self.url
+                logger.warning("%s: %s; trying %s in %.1f s", tried, why, target, wait)
+                self.emit("retrying", self.url, why, wait)
                 await asyncio.sleep(wait)
+
+    def _fail_over(self) -> bool:
+        """Move on to the next URL, round robin; whether there was another one."""
+        self._current = (self._current + 1) % len(self._urls)
+        return len(self._urls) > 1
 
     def _fail(self, error: SignalingError) -> None:
         logger.warning("signaling stopped: %s", error)
@@ -316,6 +346,10 @@ class SignalingClient(AsyncIOEventEmitter):
             logger.info("resume token refused; joining as a new peer")
             self.resume_token = None
             await _write(ws, p.Join(room_id=self.room_id, name=self.name))
+            return
+        if error.code is p.ErrorCode.UNAVAILABLE:
+            # The server closes with 1013 next, and we try again after a while.
+            self.emit("server_error", error)
             return
         first_join = self._joined is not None and not self._joined.done()
         if error.code in _FINAL_JOIN_ERRORS or first_join:

@@ -10,8 +10,11 @@ from yarl import URL
 
 from .. import protocol as p
 from ..space import space_json
+from .backend import RoomBackend, Unavailable
 from .config import ServerConfig
 from .hub import Hub
+from .memory import MemoryBackend
+from .redis_backend import RedisBackend, RedisOptions
 from .session import Session
 
 logger = logging.getLogger(__name__)
@@ -32,7 +35,7 @@ def default_web_root() -> Path:
 def create_app(config: ServerConfig, web_root: Path | None = None) -> web.Application:
     """Build the server application; its state lives on the app under ``HUB``."""
     app = web.Application()
-    app[HUB] = Hub(config)
+    app[HUB] = Hub(config, room_backend(config))
     root = web_root or default_web_root()
     app.router.add_get("/ws", websocket)
     app.router.add_get("/api/rooms", rooms)
@@ -49,11 +52,18 @@ def create_app(config: ServerConfig, web_root: Path | None = None) -> web.Applic
 
 
 async def _start_hub(app: web.Application) -> None:
-    app[HUB].start()
+    await app[HUB].start()
 
 
 async def _close_hub(app: web.Application) -> None:
     await app[HUB].close()
+
+
+def room_backend(config: ServerConfig) -> RoomBackend:
+    """Rooms in Redis when ``config.redis_url`` is set, else in this process's memory."""
+    if config.redis_url is None:
+        return MemoryBackend()
+    return RedisBackend(RedisOptions(url=config.redis_url, prefix=config.redis_prefix))
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
@@ -133,7 +143,16 @@ async def _refuse(
 async def rooms(request: web.Request) -> web.Response:
     """The lobby's room list, the same as the ``rooms`` message."""
     hub = request.app[HUB]
-    return web.Response(body=p.encode(p.Rooms(rooms=hub.room_list())), content_type=_JSON)
+    try:
+        listed = await hub.room_list()
+    except Unavailable as exc:
+        return _unavailable(exc)
+    return web.Response(body=p.encode(p.Rooms(rooms=listed)), content_type=_JSON)
+
+
+def _unavailable(exc: Unavailable) -> web.Response:
+    body = {"status": "unavailable", "error": str(exc)}
+    return web.Response(status=503, body=p.encode(body), content_type=_JSON)
 
 
 async def space(request: web.Request) -> web.Response:
@@ -147,13 +166,17 @@ async def protocol_rules(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness and a few counts."""
+    """Liveness and this instance's counts; 503 while the rooms cannot be reached."""
     hub = request.app[HUB]
+    problem = hub.backend.problem
+    if problem is not None:
+        return _unavailable(Unavailable(problem))
+    held = hub.members_here()
     body = {
         "status": "ok",
         "connections": hub.connections(),
-        "rooms": hub.state.room_count,
-        "peers": hub.state.member_count,
+        "rooms": len({m.room_id for m in held}),
+        "peers": len(held),
     }
     return web.Response(body=p.encode(body), content_type=_JSON)
 

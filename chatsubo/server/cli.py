@@ -40,6 +40,15 @@ def _ice_url(text: str) -> str:
     return text
 
 
+def _redis_url(text: str) -> str:
+    scheme = urlsplit(text).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a redis://, rediss:// or unix:// URL (e.g. redis://127.0.0.1:6379/0)"
+        )
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with a subcommand per job."""
     parser = argparse.ArgumentParser(
@@ -53,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the server (the default command)",
         description="Serve the page at / and the signaling WebSocket at /ws. "
-        "Rooms live in memory; nothing is sent to any outside service.",
+        "Rooms live in memory, or in Redis with --redis-url; nothing is sent to any "
+        "outside service.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
@@ -124,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="sustained messages allowed per connection (bursts of 3x pass)",
     )
     serve.add_argument(
+        "--redis-url",
+        type=_redis_url,
+        metavar="URL",
+        help="share rooms with every other instance using this Redis, e.g. "
+        "redis://127.0.0.1:6379/0, so that several servers behind a load balancer serve "
+        "one bar; without it rooms live in this process's memory",
+    )
+    serve.add_argument(
         "--no-uvloop", action="store_true", help="use the standard asyncio event loop"
     )
     add_log_level(serve)
@@ -179,6 +197,7 @@ def serve(args: argparse.Namespace) -> int:
         heartbeat=args.heartbeat,
         messages_per_second=args.messages_per_second,
         message_burst=3 * args.messages_per_second,
+        redis_url=args.redis_url,
     )
     scheme = "https" if ssl_context else "http"
     hosts = local_addresses() if args.host in ("0.0.0.0", "::") else [args.host]

@@ -36,3 +36,8 @@ class ServerConfig:
     max_send_buffer: int = 1024 * 1024
     #: Minimum seconds between two room list broadcasts.
     lobby_interval: float = 0.1
+    #: Share rooms with every instance using this Redis (``redis://host:port/db``);
+    #: None keeps them in this process's memory.
+    redis_url: str | None = None
+    #: Starts every Redis key and channel, so that bars can share one Redis.
+    redis_prefix: str = "chatsubo"

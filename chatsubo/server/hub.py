@@ -1,4 +1,4 @@
-"""The hub: every connection, room and member of one server, and the rules that move them."""
+"""The hub: the connections of one server instance, and the rules that seat them in rooms."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from .. import protocol as p
+from .backend import RoomBackend, RoomFull, Seated, Unavailable
 from .config import ServerConfig
 from .identity import TokenSigner
+from .memory import MemoryBackend
 from .metrics import Metrics
-from .rooms import Member, RoomState
+from .rooms import Member
 from .session import HEARTBEAT_TICKS, Ending
 
 if TYPE_CHECKING:
@@ -22,29 +25,33 @@ logger = logging.getLogger(__name__)
 
 
 class Hub:
-    """Owns the server's state and alone changes membership.
+    """Owns this instance's connections and alone changes membership.
 
     Sessions call it with what their clients asked for and with how their
-    sockets ended; it decides, and tells the others. Rooms and members are
-    plain data in :class:`RoomState`; beside them the hub keeps what is live:
-    the socket that speaks for each member, and the timer that ends a dropped
-    member's grace period.
+    sockets ended; it decides, has the :class:`RoomBackend` change the rooms,
+    and passes on to its own connections what the backend reports. Beside
+    the backend's data it keeps what is live here: the socket that speaks for
+    each member, and the timer that ends a dropped member's grace period.
     """
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, backend: RoomBackend | None = None) -> None:
         self.config = config
+        self.backend: RoomBackend = backend if backend is not None else MemoryBackend()
         self.signer = TokenSigner(config.secret)
-        self.state = RoomState()
         self._sessions: set[Session] = set()
-        #: The live connection of each member that has one.
+        #: The live connection of each member that has one here.
         self._live: dict[str, Session] = {}
-        #: Ends the grace period of each member that is away.
+        #: The live connections here of each room, for its events.
+        self._rooms: dict[str, dict[str, Session]] = {}
+        #: Ends the grace period of each member held here while it is away.
         self._expiry: dict[str, asyncio.TimerHandle] = {}
+        #: The latest room change in flight for each peer; the next waits for it.
+        self._pending: dict[str, asyncio.Task[Any]] = {}
         self._watchers: set[Session] = set()
         self.metrics = Metrics(
             connections=self.connections,
-            rooms=lambda: self.state.room_count,
-            peers=lambda: self.state.member_count,
+            rooms=lambda: len({m.room_id for m in self.members_here()}),
+            peers=lambda: len(self._live) + len(self._expiry),
         )
         self.limits = p.Limits(
             max_room_size=config.max_room_size,
@@ -64,28 +71,42 @@ class Hub:
         return len(self._sessions)
 
     def member(self, peer_id: str) -> Member | None:
-        """Where ``peer_id`` is, as data: its room, name, zone, and whether it is away."""
-        return self.state.member(peer_id)
+        """Where ``peer_id`` is, as this instance knows it: room, name, zone, whether away."""
+        return self.backend.known(peer_id)
 
     def members(self, room_id: str | None = None) -> list[Member]:
-        """Everyone in ``room_id``, or everyone anywhere, those away included."""
-        return self.state.members(room_id)
+        """Everyone this instance knows in ``room_id``, or anywhere, those away included."""
+        return self.backend.known_members(room_id)
 
-    def room_list(self) -> list[p.RoomInfo]:
+    def members_here(self) -> list[Member]:
+        """The members whose connection is here, or was until it dropped."""
+        known = (self.backend.known(peer_id) for peer_id in self.holding())
+        return [m for m in known if m is not None]
+
+    def holding(self) -> set[str]:
+        """The peers whose connection is here, or was here until it dropped a moment ago."""
+        return self._live.keys() | self._expiry.keys()
+
+    async def room_list(self) -> list[p.RoomInfo]:
         """Every room with its counts, sorted by name."""
-        return self.state.room_list(self.config.max_room_size)
+        return await self.backend.room_list(self.config.max_room_size)
 
     # --- lifecycle ---------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the background work: the coalesced room list broadcast and the heartbeat."""
+    async def start(self) -> None:
+        """Start the backend and the background work: the room list broadcast and the heartbeat."""
+        await self.backend.start(self)
         self._lobby_task = asyncio.create_task(self._run_lobby())
         self._heartbeat_task = asyncio.create_task(self._run_heartbeat())
 
     async def close(self) -> None:
-        """Close every connection with 1012 so clients reconnect at once; stop background work."""
+        """Close every connection with 1012 so clients reconnect at once; stop background work.
+
+        Members keep their places: their clients come back here after a
+        restart, or to another instance sharing the rooms.
+        """
         self.closing = True
-        for task in (self._lobby_task, self._heartbeat_task):
+        for task in (self._lobby_task, self._heartbeat_task, *self._pending.values()):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -100,6 +121,35 @@ class Hub:
             ),
             return_exceptions=True,
         )
+        await self.backend.close()
+
+    def _after(self, peer_id: str, change: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a room change for ``peer_id`` once the one before it is done.
+
+        A drop, a rejoin and the end of a grace period may follow each other
+        faster than the backend answers; they must reach it in that order.
+        """
+        previous = self._pending.get(peer_id)
+
+        async def run() -> Any:
+            if previous is not None:
+                await asyncio.wait({previous})
+            return await change
+
+        task = asyncio.create_task(run())
+        self._pending[peer_id] = task
+        task.add_done_callback(lambda done: self._settle(peer_id, done))
+        return task
+
+    def _settle(self, peer_id: str, task: asyncio.Task[Any]) -> None:
+        if self._pending.get(peer_id) is task:
+            del self._pending[peer_id]
+        if task.cancelled() or isinstance(exc := task.exception(), p.ProtocolError | None):
+            return
+        if isinstance(exc, Unavailable):
+            logger.info("could not record a change for peer %s: %s", peer_id, exc)
+        else:
+            logger.error("a change for peer %s failed", peer_id, exc_info=exc)
 
     # --- connections -------------------------------------------------------
 
@@ -126,26 +176,41 @@ class Hub:
         peer_id = session.peer_id
         if self._live.get(peer_id) is not session or self.closing:
             return
-        del self._live[peer_id]
+        self._unseat(session)
         if ending is Ending.DROPPED:
             self._hold(peer_id)
         else:
             reason = p.LeaveReason.KICKED if ending is Ending.KICKED else p.LeaveReason.CLOSED
-            self._remove(peer_id, reason)
+            self._after(peer_id, self._remove(peer_id, reason))
+
+    def _unseat(self, session: Session) -> None:
+        """Forget ``session`` as the live connection of its member."""
+        if self._live.get(session.peer_id) is session:
+            del self._live[session.peer_id]
+        if session.room_id is not None:
+            room = self._rooms.get(session.room_id, {})
+            if room.get(session.peer_id) is session:
+                del room[session.peer_id]
+                if not room:
+                    del self._rooms[session.room_id]
+        session.room_id = None
+        session.since = None
 
     def _hold(self, peer_id: str) -> None:
         """Keep a dropped member's place for the grace period, silently for the room."""
         grace = self.config.grace
-        member = self.state.update(peer_id, away_until=time.time() + grace)
         self._expiry[peer_id] = asyncio.get_running_loop().call_later(grace, self._expire, peer_id)
-        logger.info("peer %s dropped from %s; holding its place", peer_id, member.room_id)
+        self._after(peer_id, self.backend.hold(peer_id, time.time() + grace))
+        logger.info("peer %s dropped; holding its place", peer_id)
 
     def _expire(self, peer_id: str) -> None:
-        self._expiry.pop(peer_id, None)
-        try:
-            self._remove(peer_id, p.LeaveReason.TIMEOUT)
-        except Exception:
-            logger.exception("failed to remove peer %s after its grace period", peer_id)
+        del self._expiry[peer_id]
+        self._after(peer_id, self.backend.expire(peer_id))
+
+    def _stop_holding(self, peer_id: str) -> None:
+        timer = self._expiry.pop(peer_id, None)
+        if timer is not None:
+            timer.cancel()
 
     async def _run_heartbeat(self) -> None:
         """Give every session its heartbeat check, ``HEARTBEAT_TICKS`` times a period."""
@@ -161,9 +226,9 @@ class Hub:
 
     def seat(self, session: Session) -> Member | None:
         """The member ``session`` speaks for, if it is in a room."""
-        if self._live.get(session.peer_id) is not session:
+        if session.since is None or self._live.get(session.peer_id) is not session:
             return None
-        return self.state.member(session.peer_id)
+        return self.backend.known(session.peer_id)
 
     def _seat_of(self, session: Session) -> Member:
         member = self.seat(session)
@@ -171,14 +236,13 @@ class Hub:
             raise p.ProtocolError(p.ErrorCode.NOT_IN_ROOM, "join a room first")
         return member
 
-    def join(self, session: Session, msg: p.Join) -> None:
+    async def join(self, session: Session, msg: p.Join) -> None:
         """Put ``session`` in a room, resuming its old identity if it proves one."""
         started = time.perf_counter()
-        seated = self.seat(session)
-        if seated is not None:
+        if session.room_id is not None:
             raise p.ProtocolError(
                 p.ErrorCode.ALREADY_JOINED,
-                f"already in room {seated.room_id}; send leave first",
+                f"already in room {session.room_id}; send leave first",
             )
         peer_id = session.peer_id
         if msg.resume is not None:
@@ -188,130 +252,135 @@ class Hub:
                     p.ErrorCode.BAD_RESUME, "resume token is invalid or expired; join without it"
                 )
             peer_id = claimed
-        member = self.state.member(peer_id)
-        if member is not None and member.room_id == msg.room_id:
-            member = self._reattach(session, member, msg.name)
-        else:
-            if self.state.size(msg.room_id) >= self.config.max_room_size:
-                raise p.ProtocolError(
-                    p.ErrorCode.ROOM_FULL,
-                    f"room {msg.room_id} is full ({self.config.max_room_size} people)",
-                )
-            if member is not None:
-                # The token's peer is in another room: it moves, and its old
-                # connection, if any, gives way to this one.
-                previous = self._live.get(peer_id)
-                self._remove(peer_id, p.LeaveReason.LEAVE)
-                if previous is not None:
-                    previous.end(p.CloseCode.REPLACED, "replaced by a newer connection")
-            member = Member(peer_id=peer_id, name=msg.name, room_id=msg.room_id)
-            self.state.add(member)
-            self._live[peer_id] = session
-            session.peer_id = peer_id
-            self._broadcast(
-                member.room_id,
-                p.PeerJoined(
-                    peer_id=peer_id,
-                    name=member.name,
-                    joined_at=member.joined_at,
-                    resumed=msg.resume is not None,
-                ),
-                exclude=peer_id,
-            )
-            logger.info("peer %s (%s) joined %s", peer_id, member.name, member.room_id)
+        previous, own_id = self._live.get(peer_id), session.peer_id
+        # Events for the room that arrive while the backend seats us are kept
+        # for the session until it has its peer list (Session.early).
+        session.peer_id, session.room_id = peer_id, msg.room_id
+        self._rooms.setdefault(msg.room_id, {})[peer_id] = session
+        try:
+            seated = await self._after(peer_id, self._seat(peer_id, msg))
+        except BaseException:
+            self._unseat(session)
+            session.peer_id = own_id
+            if previous is not None and previous.room_id == msg.room_id:
+                self._rooms.setdefault(msg.room_id, {})[peer_id] = previous
+            raise
+        self._stop_holding(peer_id)
+        self._live[peer_id] = session
+        if previous is not None and previous is not session:
+            self._unseat(previous)
+            previous.end(p.CloseCode.REPLACED, "replaced by a newer connection")
         session.send_message(
             p.PeerList(
-                room_id=member.room_id,
+                room_id=msg.room_id,
                 peer_id=peer_id,
-                peers=[m.info() for m in self.state.members(member.room_id) if m is not member],
+                peers=[m.info() for m in seated.others],
                 resume_token=self.signer.issue(peer_id),
             )
         )
+        session.since = seated.seq
+        for seq, data in session.early:
+            if seq is None or seq > seated.seq:
+                session.send(data)
+        session.early.clear()
         self.metrics.join_latency.observe(time.perf_counter() - started)
-        self._lobby_dirty.set()
 
-    def _reattach(self, session: Session, member: Member, name: str) -> Member:
-        """Give a member who is still in the room its new connection, silently for the others."""
-        peer_id = member.peer_id
-        timer = self._expiry.pop(peer_id, None)
-        if timer is not None:
-            timer.cancel()
-        previous = self._live.get(peer_id)
-        self._live[peer_id] = session
-        session.peer_id = peer_id
-        if previous is not None:
-            previous.end(p.CloseCode.REPLACED, "replaced by a newer connection")
-        logger.info("peer %s resumed in %s", peer_id, member.room_id)
-        member = self.state.update(peer_id, away_until=None)
-        if name != member.name:
-            member = self.state.update(peer_id, name=name)
-            self._announce_update(member)
-        return member
+    async def _seat(self, peer_id: str, msg: p.Join) -> Seated:
+        """Seat ``peer_id`` in the room ``msg`` asks for, wherever it was before."""
+        backend = self.backend
+        resumed = msg.resume is not None
+        member = await backend.find(peer_id) if resumed else None
+        if member is not None and member.room_id == msg.room_id:
+            seated = await backend.reattach(peer_id, msg.name)
+            if seated is not None:
+                logger.info("peer %s resumed in %s", peer_id, msg.room_id)
+                return seated
+        capacity = self.config.max_room_size
+        try:
+            seated = await backend.seat(
+                Member(
+                    peer_id=peer_id, name=msg.name, room_id=msg.room_id, owner=backend.instance_id
+                ),
+                capacity,
+                resumed,
+            )
+        except RoomFull:
+            raise p.ProtocolError(
+                p.ErrorCode.ROOM_FULL, f"room {msg.room_id} is full ({capacity} people)"
+            ) from None
+        logger.info("peer %s (%s) joined %s", peer_id, msg.name, msg.room_id)
+        return seated
 
-    def leave(self, session: Session) -> None:
+    async def leave(self, session: Session) -> None:
         """Take ``session`` out of its room."""
         member = self.seat(session)
         if member is None:
             raise p.ProtocolError(p.ErrorCode.NOT_IN_ROOM, "not in a room")
-        self._remove(member.peer_id, p.LeaveReason.LEAVE)
+        self._unseat(session)
+        await self._after(member.peer_id, self._remove(member.peer_id, p.LeaveReason.LEAVE))
 
-    def _remove(self, peer_id: str, reason: p.LeaveReason) -> None:
-        """Remove a member, with its live connection and grace timer, and tell the room at once."""
-        timer = self._expiry.pop(peer_id, None)
-        if timer is not None:
-            timer.cancel()
-        self._live.pop(peer_id, None)
-        member = self.state.remove(peer_id)
-        if member is None:
-            return
-        logger.info("peer %s left %s (%s)", peer_id, member.room_id, reason.value)
-        self._broadcast(member.room_id, p.PeerLeft(peer_id=peer_id, reason=reason))
-        self._lobby_dirty.set()
+    async def _remove(self, peer_id: str, reason: p.LeaveReason) -> None:
+        member = await self.backend.remove(peer_id, reason)
+        if member is not None:
+            logger.info("peer %s left %s (%s)", peer_id, member.room_id, reason.value)
 
-    def update(self, session: Session, msg: p.Update) -> None:
+    async def update(self, session: Session, msg: p.Update) -> None:
         """Change a member's name or zone and tell the room."""
         member = self._seat_of(session)
-        member = self.state.update(member.peer_id, name=msg.name, zone=msg.zone)
-        self._announce_update(member)
-        self._lobby_dirty.set()
+        await self.backend.update(member.peer_id, name=msg.name, zone=msg.zone)
 
-    def _announce_update(self, member: Member) -> None:
-        self._broadcast(
-            member.room_id,
-            p.PeerUpdated(peer_id=member.peer_id, name=member.name, zone=member.zone),
-        )
-
-    def relay(self, session: Session, msg: p.Signal) -> None:
+    async def relay(self, session: Session, msg: p.Signal) -> None:
         """Pass a signal to its addressee, if and only if it is in the sender's room."""
         sender = self._seat_of(session)
-        target = self.state.member(msg.to)
-        if target is None or target.room_id != sender.room_id or target.peer_id == sender.peer_id:
-            raise p.ProtocolError(
-                p.ErrorCode.UNKNOWN_PEER, f"no peer {msg.to!r} in room {sender.room_id}"
-            )
-        connection = self._live.get(msg.to)
-        if connection is None:
-            raise p.ProtocolError(
-                p.ErrorCode.UNKNOWN_PEER, f"peer {msg.to!r} is reconnecting; signal not delivered"
-            )
-        connection.send(p.encode(p.RelayedSignal(from_=sender.peer_id, data=msg.data)))
+        data = p.encode(p.RelayedSignal(from_=sender.peer_id, data=msg.data))
+        await self.backend.send(sender, msg.to, data)
         self.metrics.relayed += 1
 
-    def _broadcast(
-        self, room_id: str, message: p.ServerMessage, exclude: str | None = None
-    ) -> None:
-        data = p.encode(message)
-        for member in self.state.members(room_id):
-            connection = self._live.get(member.peer_id)
-            if connection is not None and member.peer_id != exclude:
-                connection.send(data)
+    # --- what the backend reports (RoomListener) -------------------------------
+
+    def room_event(self, room_id: str, seq: int | None, data: bytes, exclude: str | None) -> None:
+        """Pass a room's event to its members connected here."""
+        for peer_id, session in self._rooms.get(room_id, {}).items():
+            if peer_id == exclude:
+                continue
+            since = session.since
+            if since is None:
+                session.early.append((seq, data))
+            elif seq is None or seq > since:
+                session.send(data)
+
+    def rebase(self, room_id: str, seq: int) -> None:
+        """After a resynchronisation, the members here know the room as of event ``seq``."""
+        for session in self._rooms.get(room_id, {}).values():
+            if session.since is not None:
+                session.since = seq
+
+    def deliver(self, peer_id: str, data: bytes) -> bool:
+        """Send a frame to ``peer_id``'s live connection here, if it has one."""
+        session = self._live.get(peer_id)
+        if session is None or session.since is None:
+            return False
+        session.send(data)
+        return True
+
+    def replaced(self, peer_id: str) -> None:
+        """The member connected again on another instance: close its connection here with 4000."""
+        self._stop_holding(peer_id)
+        session = self._live.get(peer_id)
+        if session is not None:
+            self._unseat(session)
+            session.end(p.CloseCode.REPLACED, "replaced by a newer connection")
+
+    def lobby_changed(self) -> None:
+        """Some room's counts changed: the watchers get a fresh list soon."""
+        self._lobby_dirty.set()
 
     # --- lobby ---------------------------------------------------------------
 
-    def watch(self, session: Session) -> None:
+    async def watch(self, session: Session) -> None:
         """Send the room list now and on every change."""
         self._watchers.add(session)
-        session.send_message(p.Rooms(rooms=self.room_list()))
+        session.send_message(p.Rooms(rooms=await self.room_list()))
 
     def unwatch(self, session: Session) -> None:
         """Stop sending the room list to ``session``."""
@@ -324,9 +393,12 @@ class Hub:
             self._lobby_dirty.clear()
             if self._watchers:
                 try:
-                    data = p.encode(p.Rooms(rooms=self.room_list()))
+                    data = p.encode(p.Rooms(rooms=await self.room_list()))
                     for watcher in list(self._watchers):
                         watcher.send(data)
+                except Unavailable as exc:
+                    logger.debug("room list not sent: %s", exc)
+                    self._lobby_dirty.set()
                 except Exception:
                     logger.exception("room list broadcast failed")
             await asyncio.sleep(self.config.lobby_interval)

@@ -23,6 +23,7 @@ class Member:
 
     It outlives its connection for a grace period; the socket and the timer
     that ends the grace period are the hub's, kept beside this, not in it.
+    Only :meth:`info` is ever shown to clients.
     """
 
     peer_id: str
@@ -33,6 +34,8 @@ class Member:
     #: Wall-clock seconds at which a member whose connection dropped loses its
     #: place; None while it is connected.
     away_until: float | None = None
+    #: The server instance that holds (or held, until it dropped) its connection.
+    owner: str = ""
 
     @property
     def away(self) -> bool:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import WSMsgType, web
 
 from .. import protocol as p
+from .backend import Unavailable
 from .identity import new_peer_id
 from .ratelimit import TokenBucket
 
@@ -70,6 +71,11 @@ class Session:
         #: Who this connection speaks for: its own new id, until the hub seats
         #: it under an older one that a resume token proved.
         self.peer_id = new_peer_id()
+        #: The room it is in or joining, and the room event it has caught up
+        #: with; None until its peer list is sent, while events wait in ``early``.
+        self.room_id: str | None = None
+        self.since: int | None = None
+        self.early: list[tuple[int | None, bytes]] = []
         config = hub.config
         self._bucket = TokenBucket(config.messages_per_second, config.message_burst)
         # Patience refills slowly, so only a sustained flood exhausts it.
@@ -180,7 +186,7 @@ class Session:
                 if not self._bucket.take():
                     await self._over_limit()
                 elif kind is WSMsgType.TEXT:
-                    self._on_text(msg.data)
+                    await self._on_text(msg.data)
                 elif kind is WSMsgType.PING:
                     self._send_control(WSMsgType.PONG, msg.data)
                 else:
@@ -208,34 +214,43 @@ class Session:
                 "message flood; closing the connection",
             )
 
-    def _on_text(self, text: str) -> None:
+    async def _on_text(self, text: str) -> None:
         """Decode and dispatch one text frame, answering a bad one with an error."""
+        msg: p.ClientMessage | None = None
         try:
             limit = self.hub.config.max_message_bytes
             if len(text) > limit // 4 and len(text.encode()) > limit:
                 raise p.ProtocolError(
                     p.ErrorCode.TOO_LARGE, f"message over {limit} bytes; message dropped"
                 )
-            self._dispatch(p.decode_client(text))
+            msg = p.decode_client(text)
+            await self._dispatch(msg)
         except p.ProtocolError as exc:
             self.error(exc.code, exc.message)
+        except Unavailable as exc:
+            logger.info("could not serve peer %s: %s", self.peer_id, exc)
+            self.error(p.ErrorCode.UNAVAILABLE, "the server cannot reach its rooms; try again")
+            if isinstance(msg, p.Join):
+                # Away from its room, the client does best to come back later,
+                # perhaps through another instance.
+                self.end(p.CloseCode.TRY_AGAIN_LATER, "rooms unavailable")
         except Exception:
             logger.exception("failed to handle a message from peer %s", self.peer_id)
 
-    def _dispatch(self, msg: p.ClientMessage) -> None:
+    async def _dispatch(self, msg: p.ClientMessage) -> None:
         hub = self.hub
         match msg:
             case p.Signal():
-                hub.relay(self, msg)
+                await hub.relay(self, msg)
             case p.Join():
-                hub.join(self, msg)
+                await hub.join(self, msg)
             case p.Leave():
-                hub.leave(self)
+                await hub.leave(self)
             case p.Update():
-                hub.update(self, msg)
+                await hub.update(self, msg)
             case p.Ping():
                 self.send_message(p.Pong(t=msg.t))
             case p.WatchRooms():
-                hub.watch(self)
+                await hub.watch(self)
             case p.UnwatchRooms():
                 hub.unwatch(self)
