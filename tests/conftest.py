@@ -330,8 +330,12 @@ class Client:
         async with asyncio.timeout(timeout):
             while True:
                 msg = await self.ws.receive()
+                if msg.type is aiohttp.WSMsgType.CLOSE:
+                    # The code the server sent, even if our answer then finds
+                    # the socket gone (aiohttp would then report 1006).
+                    code: int = msg.data
+                    return code
                 if msg.type in (
-                    aiohttp.WSMsgType.CLOSE,
                     aiohttp.WSMsgType.CLOSED,
                     aiohttp.WSMsgType.CLOSING,
                     aiohttp.WSMsgType.ERROR,

@@ -42,7 +42,13 @@ def test_help_explains_the_commands() -> None:
     assert "serve" in top.stdout
     serve = _run("serve", "--help")
     assert serve.returncode == 0
-    for option in ("--max-room-size", "--ice-server", "--self-signed", "--secret-file"):
+    for option in (
+        "--max-room-size",
+        "--ice-server",
+        "--self-signed",
+        "--secret-file",
+        "--redis-url",
+    ):
         assert option in serve.stdout
 
 
@@ -53,6 +59,7 @@ def test_help_explains_the_commands() -> None:
         (["--max-room-size", "0"], "must be at least 1"),
         (["--ice-server", "stun.l.example.org"], "is not a stun:"),
         (["--secret-file", "/nonexistent/secret"], "No such file"),
+        (["--redis-url", "127.0.0.1:6379"], "is not a redis://"),
     ],
 )
 def test_bad_options_fail_clearly(args: list[str], message: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -106,11 +105,13 @@ class Hub:
         restart, or to another instance sharing the rooms.
         """
         self.closing = True
-        for task in (self._lobby_task, self._heartbeat_task, *self._pending.values()):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        background = [self._lobby_task, self._heartbeat_task, *self._pending.values()]
+        tasks = [task for task in background if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Their outcome is of no interest now; _settle has logged any failure.
+            await asyncio.wait(tasks)
         for timer in self._expiry.values():
             timer.cancel()
         self._expiry.clear()

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -369,7 +370,8 @@ class RedisBackend(RoomBackend):
 
     def _lost(self, exc: BaseException) -> None:
         """Note that Redis is unreachable; said once per outage, not once per message."""
-        why = f"cannot reach Redis at {self._redacted_url()}: {exc or type(exc).__name__}"
+        detail = str(exc).rstrip(".") or type(exc).__name__
+        why = f"cannot reach Redis at {self._redacted_url()}: {detail}"
         if not self._outage_told:
             self._outage_told = True
             logger.warning("%s; retrying until it is back", why)
@@ -377,6 +379,8 @@ class RedisBackend(RoomBackend):
 
     def _redacted_url(self) -> str:
         pool = self._redis.connection_pool.connection_kwargs
+        if "path" in pool:
+            return f"unix://{pool['path']}"
         return f"redis://{pool.get('host', '?')}:{pool.get('port', '?')}/{pool.get('db', 0)}"
 
     async def _call(self, call: Awaitable[T]) -> T:
@@ -472,9 +476,7 @@ class RedisBackend(RoomBackend):
             instance, _, peer = sender.partition(" ")
             error = away_peer(to)
             bounce = p.encode(p.Error(code=error.code, message=error.message))
-            task = asyncio.create_task(self._publish(instance, peer, bounce, None))
-            self._tasks.append(task)
-            task.add_done_callback(self._tasks.remove)
+            self._spawn(self._publish(instance, peer, bounce, None))
 
     async def _publish(self, instance: str, to: str, data: bytes, sender: Member | None) -> None:
         head = to if sender is None else f"{to} {self.instance_id} {sender.peer_id}"
@@ -506,12 +508,15 @@ class RedisBackend(RoomBackend):
                 )
                 if fresh:
                     room.members[peer_id] = member
-                message = p.PeerJoined(
-                    peer_id=peer_id,
-                    name=member.name,
-                    joined_at=member.joined_at,
-                    resumed=event.resumed,
-                )
+                # A member we already knew, put back by its instance after
+                # Redis lost it, is no news to anyone here.
+                if not (fresh and old is not None):
+                    message = p.PeerJoined(
+                        peer_id=peer_id,
+                        name=member.name,
+                        joined_at=member.joined_at,
+                        resumed=event.resumed,
+                    )
             case "left":
                 if fresh:
                     room.members.pop(peer_id, None)
@@ -522,17 +527,19 @@ class RedisBackend(RoomBackend):
                     listener.replaced(peer_id)
             case "updated":
                 if fresh and old is not None:
-                    room.members[peer_id] = _replace(old, name=event.name, zone=event.zone or None)
+                    room.members[peer_id] = dataclasses.replace(
+                        old, name=event.name, zone=event.zone or None
+                    )
                 message = p.PeerUpdated(peer_id=peer_id, name=event.name, zone=event.zone or None)
                 exclude = None
             case "moved":
                 if fresh and old is not None:
-                    room.members[peer_id] = _replace(old, owner=event.o, away_until=None)
+                    room.members[peer_id] = dataclasses.replace(old, owner=event.o, away_until=None)
                 if not local:
                     listener.replaced(peer_id)
             case "away":
                 if fresh and old is not None:
-                    room.members[peer_id] = _replace(old, away_until=float(event.away))
+                    room.members[peer_id] = dataclasses.replace(old, away_until=float(event.away))
         if fresh:
             room.floor = event.s
         if message is not None:
@@ -553,9 +560,7 @@ class RedisBackend(RoomBackend):
             return
         del self._rooms[room_id]
         if self._pubsub is not None:
-            task = asyncio.create_task(self._unsubscribe(room_id))
-            self._tasks.append(task)
-            task.add_done_callback(self._tasks.remove)
+            self._spawn(self._unsubscribe(room_id))
 
     async def _unsubscribe(self, room_id: str) -> None:
         pubsub = self._pubsub
@@ -743,6 +748,10 @@ class RedisBackend(RoomBackend):
                         if self._connected_once:
                             # The lease lapsed: others may have taken our members out.
                             await self._resync()
+                    elif self._problem is not None and self._connected_once and self._pubsub:
+                        # Only this loop lost Redis for a moment; the subscriber
+                        # did not, so nothing was missed, but say we are back.
+                        await self._resync()
                     renewed = now
                 await self._reap()
             except asyncio.CancelledError:
@@ -793,21 +802,50 @@ class RedisBackend(RoomBackend):
             await self._redis.sadd(f"{self.options.prefix}:instances", self.instance_id)
             self._problem = None
             self._apply_all(events)
-            for room_id in list(self._rooms):
-                result = await self._scripts["snapshot"](args=[self.options.prefix, room_id])
-                self._catch_up(room_id, int(result[0]), _snapshot(result[1]))
+            await self._catch_up_all(final=False)
             if self._outage_told:
                 logger.warning("Redis is back; %d rooms resynchronised", len(self._rooms))
+            if self._connected_once:
+                self._spawn(self._settle())
             self._connected_once, self._outage_told = True, False
             self._ready.set()
 
-    def _catch_up(self, room_id: str, seq: int, truth: dict[str, Member]) -> None:
-        """Tell the members here how ``room_id`` changed while events were lost."""
+    async def _catch_up_all(self, final: bool) -> None:
+        for room_id in list(self._rooms):
+            result = await self._scripts["snapshot"](args=[self.options.prefix, room_id])
+            self._catch_up(room_id, int(result[0]), _snapshot(result[1]), final)
+
+    async def _settle(self) -> None:
+        """A lease after a resynchronisation, tell our members who did not come back."""
+        await asyncio.sleep(self.options.lease)
+        try:
+            async with self._resync_lock:
+                await self._catch_up_all(final=True)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._lost(exc)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, cancelled by :meth:`close`."""
+        task = asyncio.create_task(work)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    def _catch_up(self, room_id: str, seq: int, truth: dict[str, Member], final: bool) -> None:
+        """Tell the members here how ``room_id`` changed while events were lost.
+
+        Until ``final``, members of other instances that Redis lacks are kept:
+        if Redis lost everything, their instances are putting them back.
+        """
         room, listener = self._rooms.get(room_id), self._listener
         if room is None or listener is None:
             return
         told = room.members
-        room.members, room.floor = truth, seq
+        kept = {
+            peer_id: m
+            for peer_id, m in told.items()
+            if not final and peer_id not in truth and m.owner != self.instance_id
+        }
+        room.members, room.floor = {**truth, **kept}, seq
         for peer_id, member in truth.items():
             before = told.get(peer_id)
             if before is None:
@@ -818,14 +856,8 @@ class RedisBackend(RoomBackend):
             elif (before.name, before.zone) != (member.name, member.zone):
                 updated = p.PeerUpdated(peer_id=peer_id, name=member.name, zone=member.zone)
                 listener.room_event(room_id, None, p.encode(updated), None)
-        for peer_id in told.keys() - truth.keys():
+        for peer_id in told.keys() - truth.keys() - kept.keys():
             left = p.PeerLeft(peer_id=peer_id, reason=p.LeaveReason.TIMEOUT)
             listener.room_event(room_id, None, p.encode(left), peer_id)
         listener.rebase(room_id, seq)
         self._forget_if_idle(room_id)
-
-
-def _replace(member: Member, **changes: Any) -> Member:
-    import dataclasses
-
-    return dataclasses.replace(member, **changes)
