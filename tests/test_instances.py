@@ -328,8 +328,10 @@ async def test_losing_redis_turns_healthz_503_and_the_rooms_converge_after(
     await b.join("bar", "Bob")
     c = await connect(other)
     await c.join("bar", "Case")
-    await a.expect("peer_joined")
-    await a.expect("peer_joined")
+    d = await connect(one)
+    await d.join("bar", "Dixie")
+    for _ in range(3):
+        await a.expect("peer_joined")
 
     own_redis.stop()
     async with aiohttp.ClientSession() as http:
@@ -343,6 +345,9 @@ async def test_losing_redis_turns_healthz_503_and_the_rooms_converge_after(
         assert await late.closed() == 1013
         for _ in range(20):
             await a.send({"type": "signal", "to": b.peer_id, "data": {"type": "offer", "sdp": ""}})
+        # Two peers on one instance still reach each other.
+        await a.send({"type": "signal", "to": d.peer_id, "data": {"type": "offer", "sdp": ""}})
+        assert (await d.expect("signal"))["from"] == a.peer_id
 
         own_redis.start()  # empty: everything it held is gone
         for server in (one, other):
@@ -352,7 +357,7 @@ async def test_losing_redis_turns_healthz_503_and_the_rooms_converge_after(
     left = await a.expect("peer_left", timeout=BOUND + DEADLINE)
     assert left["peerId"] == b.peer_id
     assert [m["peerId"] for m in await a.sync() if m["type"].startswith("peer_")] == []
-    everyone = {a.peer_id, c.peer_id}
+    everyone = {a.peer_id, c.peer_id, d.peer_id}
     await poll(lambda: {m.peer_id for m in one.hub.members("bar")} == everyone)
     assert {m.peer_id for m in await one.hub.backend.members("bar")} == everyone
     await c.send({"type": "signal", "to": a.peer_id, "data": {"type": "offer", "sdp": ""}})

@@ -65,9 +65,18 @@ local function snapshot(room)
   return out
 end
 local function bump(room)
-  return redis.call('HINCRBY', P..':r:'..room, 'seq', 1)
+  local rk = P..':r:'..room
+  if redis.call('HEXISTS', rk, 'seq') == 0 then
+    -- A room's events are numbered from the time it began, in microseconds,
+    -- so that numbers keep growing even when Redis forgot the room.
+    local t = redis.call('TIME')
+    redis.call('HSET', rk, 'seq', t[1] .. string.format('%06d', tonumber(t[2])))
+  end
+  return redis.call('HINCRBY', rk, 'seq', 1)
 end
 local function tell(room, event)
+  -- As a string: cjson would round a 16-digit number.
+  event.s = string.format('%.0f', event.s)
   local data = cjson.encode(event)
   redis.call('PUBLISH', P..':c:'..room, data)
   return data
@@ -244,7 +253,8 @@ class _Event(msgspec.Struct, frozen=True):
     away: str = ""
 
 
-_decode_event = msgspec.json.Decoder(_Event).decode
+#: Not strict: the event number arrives as a string of digits.
+_decode_event = msgspec.json.Decoder(_Event, strict=False).decode
 
 
 def _member(peer_id: str, fields: Sequence[str]) -> Member | None:
@@ -796,12 +806,11 @@ class RedisBackend(RoomBackend):
             args: list[object] = [self.options.prefix, self.instance_id]
             for m in held:
                 args += [m.peer_id, m.room_id, m.name, m.joined_at, m.zone or ""]
-            script = self._scripts["claim"]
-            events = await script(args=[str(a) for a in args])
+            # What the claim changes, the catching up below tells our members.
+            await self._scripts["claim"](args=[str(a) for a in args])
             await self._redis.set(self._lease, "1", px=int(self.options.lease * 1000))
             await self._redis.sadd(f"{self.options.prefix}:instances", self.instance_id)
             self._problem = None
-            self._apply_all(events)
             await self._catch_up_all(final=False)
             if self._outage_told:
                 logger.warning("Redis is back; %d rooms resynchronised", len(self._rooms))
