@@ -14,9 +14,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -724,42 +723,6 @@ async def test_allowed_origin_is_accepted(
 
 
 # --- a client that does not read ------------------------------------------------
-
-
-def small_receive_window(addr_info: tuple[Any, ...]) -> socket.socket:
-    """A client socket whose kernel receive buffer is tiny, set before connecting."""
-    family, type_, proto = addr_info[:3]
-    sock = socket.socket(family, type_, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    return sock
-
-
-@pytest.fixture
-async def connect_slow_reader() -> AsyncIterator[Callable[[RunningServer], Awaitable[Client]]]:
-    """Clients that will stop reading: as little as possible buffers on their side.
-
-    A stalled reader's bytes pile up in, in turn, its aiohttp queue (which stops
-    reading from the socket past 512 KiB), its kernel receive buffer (pinned
-    small here, so not autotuned to 32 MiB on loopback), the server's kernel send
-    buffer (autotuned up to 4 MiB) and then the server's own transport buffer,
-    where ``max_send_buffer`` is enforced. So a few MiB of signals reach it
-    within a fraction of a second.
-    """
-    sessions: list[aiohttp.ClientSession] = []
-
-    async def factory(server: RunningServer) -> Client:
-        http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(socket_factory=small_receive_window)
-        )
-        sessions.append(http)
-        ws = await http.ws_connect(server.ws_url)
-        msg = await ws.receive(timeout=DEADLINE)
-        assert msg.type is aiohttp.WSMsgType.TEXT, msg
-        return Client(ws, http, json.loads(msg.data))
-
-    yield factory
-    for http in sessions:
-        await http.close()
 
 
 #: Far more than all the buffers between the server and a stalled reader can hold.

@@ -28,6 +28,7 @@ from tests.conftest import (
     RedisServer,
     RunningServer,
     ServerFactory,
+    SlowReaderFactory,
     free_port,
     poll,
 )
@@ -416,3 +417,37 @@ async def test_a_page_on_one_instance_and_a_bot_on_another_hear_each_other(
         "data-speaking", "true", timeout=MESH_DEADLINE * 1000
     )
     case.assert_no_errors()
+
+
+async def test_a_reader_that_stalls_on_one_instance_holds_up_nobody(
+    make_server: ServerFactory,
+    redis: RedisServer,
+    connect: ClientFactory,
+    connect_slow_reader: SlowReaderFactory,
+) -> None:
+    """Signals through Redis to a client that never reads: its neighbours still get theirs."""
+    limits = {"max_send_buffer": 64 * 1024, "messages_per_second": 1e5, "message_burst": 1e5}
+    one, other = await two(make_server, redis, max_message_bytes=128 * 1024, **limits)
+    sender = await connect(one)
+    await sender.join("bar", "Sender")
+    honest = await connect(other)
+    await honest.join("bar", "Honest")
+    slow = await connect_slow_reader(other)
+    await slow.join("bar", "Slow")
+    await sender.expect("peer_joined")
+    await sender.expect("peer_joined")
+
+    def slow_is_connected() -> bool:
+        member = other.hub.member(slow.peer_id)
+        return member is not None and not member.away
+
+    blob, sent = "x" * 60_000, 0
+    while slow_is_connected():
+        assert sent < 1000, "the slow reader was never cut off"
+        await sender.send({"type": "signal", "to": slow.peer_id, "data": blob})
+        await sender.send({"type": "signal", "to": honest.peer_id, "data": sent})
+        # The other instance's subscriber is never held up on the slow socket.
+        assert (await honest.expect("signal"))["data"] == sent
+        sent += 1
+    await sender.send({"type": "signal", "to": honest.peer_id, "data": "after"})
+    assert (await honest.expect("signal"))["data"] == "after"
