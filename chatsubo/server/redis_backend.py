@@ -501,7 +501,9 @@ class RedisBackend(RoomBackend):
         listener = self._listener
         if room is None or listener is None:
             return
-        fresh = event.s > room.floor
+        # Our own changes always count: nothing later about the member can
+        # have come from elsewhere while we held it.
+        fresh = local or event.s > room.floor
         peer_id = event.p
         old = room.members.get(peer_id)
         message: p.ServerMessage | None = None
@@ -551,7 +553,7 @@ class RedisBackend(RoomBackend):
                 if fresh and old is not None:
                     room.members[peer_id] = dataclasses.replace(old, away_until=float(event.away))
         if fresh:
-            room.floor = event.s
+            room.floor = max(room.floor, event.s)
         if message is not None:
             listener.room_event(event.r, event.s, p.encode(message), exclude)
         if event.k in ("left", "moved"):
@@ -605,7 +607,9 @@ class RedisBackend(RoomBackend):
         """Take a script's {events, seq, snapshot} into the mirror."""
         self._apply_all(result[1])
         seq, members = int(result[2]), _snapshot(result[3])
-        room.members, room.floor = members, max(room.floor, seq)
+        if seq >= room.floor:
+            room.members, room.floor = members, seq
+        # Otherwise events after the snapshot are already in the mirror.
         member = members[member_id]
         return Seated(member, [m for m in members.values() if m.peer_id != member_id], seq)
 
@@ -825,8 +829,12 @@ class RedisBackend(RoomBackend):
             self._catch_up(room_id, int(result[0]), _snapshot(result[1]), final)
 
     async def _settle(self) -> None:
-        """A lease after a resynchronisation, tell our members who did not come back."""
-        await asyncio.sleep(self.options.lease)
+        """Soon after a resynchronisation, tell our members who did not come back.
+
+        Half a lease: the other instances reconnect within a second, and the
+        lease runs out for those that do not.
+        """
+        await asyncio.sleep(self.options.lease / 2)
         try:
             async with self._resync_lock:
                 await self._catch_up_all(final=True)
