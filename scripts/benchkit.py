@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_pipes
 from pathlib import Path
@@ -198,6 +198,15 @@ class ServerProcess:
                 self.popen.wait()
 
 
+def source_env(source: Path) -> dict[str, str]:
+    """The environment that makes a Python import ``chatsubo`` from the checkout ``source``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(source.resolve()), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    return env
+
+
 def start_chatsubo(
     python: str,
     workdir: Path,
@@ -208,8 +217,13 @@ def start_chatsubo(
     max_room_size: int = 10,
     source: Path = REPO,
     label: str = "",
+    extra_args: Sequence[str] = (),
+    log_level: str = "warning",
 ) -> ServerProcess:
-    """Start ``python -m chatsubo serve`` from the checkout ``source`` on a free loopback port."""
+    """Start ``python -m chatsubo serve`` from the checkout ``source`` on a free loopback port.
+
+    ``extra_args`` go after the others, e.g. ``--redis-url`` and ``--secret-file``.
+    """
     port = free_port()
     log = workdir / f"chatsubo-{port}.log"
     cmd = [
@@ -230,15 +244,22 @@ def start_chatsubo(
         "--state-dir",
         str(workdir / "state"),
         "--log-level",
-        "warning",
+        log_level,
     ]
     if not uvloop:
         cmd.append("--no-uvloop")
+    cmd += extra_args
     label = label or ("chatsubo (uvloop)" if uvloop else "chatsubo (asyncio loop)")
     with open(log, "wb") as out:
-        # ``-m`` puts the working directory first on sys.path, so ``source`` wins.
+        # ``-m`` puts the working directory first on sys.path, and PYTHONPATH
+        # comes before the venv's editable install too: ``source`` wins.
         popen = subprocess.Popen(
-            cmd, cwd=source, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            cmd,
+            cwd=source,
+            env=source_env(source),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     return ServerProcess(label, popen, port, log)
 

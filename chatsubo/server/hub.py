@@ -332,7 +332,9 @@ class Hub:
 
     async def relay(self, session: Session, msg: p.Signal) -> None:
         """Pass a signal to its addressee, if and only if it is in the sender's room."""
-        sender = self._seat_of(session)
+        sender = self.backend.known(session.peer_id)
+        if sender is None or session.since is None or self._live.get(sender.peer_id) is not session:
+            raise p.ProtocolError(p.ErrorCode.NOT_IN_ROOM, "join a room first")
         data = p.encode(p.RelayedSignal(from_=sender.peer_id, data=msg.data))
         await self.backend.send(sender, msg.to, data)
         self.metrics.relayed += 1

@@ -303,6 +303,8 @@ class RedisOptions:
     reap_interval: float = 1.0
     #: Seconds to wait for Redis before calling it unreachable.
     timeout: float = 2.0
+    #: Connections to Redis at most, besides the subscriber's.
+    connections: int = 32
 
     @property
     def bound(self) -> float:
@@ -316,14 +318,21 @@ class RedisBackend(RoomBackend):
     def __init__(self, options: RedisOptions) -> None:
         self.options = options
         self.instance_id = secrets.token_urlsafe(8)
-        self._redis = aioredis.Redis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             options.url,
+            # A burst of joins waits for a free connection rather than failing.
+            max_connections=options.connections,
+            timeout=options.timeout,
             decode_responses=True,
+            # RESP2: redis-py parses its pub/sub messages with hiredis, and
+            # faster than RESP3's push messages.
+            protocol=2,
             socket_timeout=options.timeout,
             socket_connect_timeout=options.timeout,
             # A failed command fails at once; the reader's reconnect loop retries.
             retry=Retry(NoBackoff(), 0),
         )
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._scripts = {
             name: self._redis.register_script(_PRELUDE + body)
             for name, body in (
@@ -347,6 +356,9 @@ class RedisBackend(RoomBackend):
         self._ready = asyncio.Event()
         self._resync_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        #: Frames for other instances' inboxes, waiting for _send_outbox.
+        self._outbox: list[tuple[str, bytes, asyncio.Future[None]]] = []
+        self._outbox_ready = asyncio.Event()
         prefix = options.prefix
         self._inbox = f"{prefix}:inbox:{self.instance_id}"
         self._lobby = f"{prefix}:lobby"
@@ -357,7 +369,11 @@ class RedisBackend(RoomBackend):
     async def start(self, listener: RoomListener) -> None:
         """Start following Redis; waits a moment for it, then serves (with 503s) until it is up."""
         self._listener = listener
-        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._keep())]
+        self._tasks = [
+            asyncio.create_task(self._read()),
+            asyncio.create_task(self._keep()),
+            asyncio.create_task(self._send_outbox()),
+        ]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.options.timeout):
                 await self._ready.wait()
@@ -372,6 +388,10 @@ class RedisBackend(RoomBackend):
                 await task
         self._tasks = []
         self._listener = None
+        for *_, sent in self._outbox:
+            if not sent.done():
+                sent.set_exception(Unavailable("the server is closing"))
+        self._outbox = []
         await self._redis.aclose()
 
     @property
@@ -489,9 +509,42 @@ class RedisBackend(RoomBackend):
             self._spawn(self._publish(instance, peer, bounce, None))
 
     async def _publish(self, instance: str, to: str, data: bytes, sender: Member | None) -> None:
+        """Put a frame in another instance's inbox; returns once Redis has it."""
+        if self._problem is not None:
+            raise Unavailable(self._problem)
         head = to if sender is None else f"{to} {self.instance_id} {sender.peer_id}"
-        payload = head.encode() + b"\n" + data
-        await self._call(self._redis.publish(f"{self.options.prefix}:inbox:{instance}", payload))
+        sent = asyncio.get_running_loop().create_future()
+        self._outbox.append(
+            (f"{self.options.prefix}:inbox:{instance}", head.encode() + b"\n" + data, sent)
+        )
+        self._outbox_ready.set()
+        await sent
+
+    async def _send_outbox(self) -> None:
+        """Publish the waiting frames, in order, as many at a time as are waiting.
+
+        Under load one round trip carries many signals, and a signal never
+        waits for a connection from the pool.
+        """
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            batch, self._outbox = self._outbox, []
+            pipe = self._redis.pipeline(transaction=False)
+            for channel, payload, _ in batch:
+                pipe.publish(channel, payload)
+            failure: Unavailable | None = None
+            try:
+                await pipe.execute()
+            except (RedisError, OSError, TimeoutError) as exc:
+                failure = Unavailable(f"cannot reach Redis: {exc or type(exc).__name__}")
+            for *_, sent in batch:
+                if sent.done():
+                    continue  # its sender is gone
+                if failure is None:
+                    sent.set_result(None)
+                else:
+                    sent.set_exception(failure)
 
     # --- the mirror ------------------------------------------------------------
 

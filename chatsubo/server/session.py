@@ -224,7 +224,11 @@ class Session:
                     p.ErrorCode.TOO_LARGE, f"message over {limit} bytes; message dropped"
                 )
             msg = p.decode_client(text)
-            await self._dispatch(msg)
+            if type(msg) is p.Signal:
+                # Most frames are signals: straight to the relay.
+                await self.hub.relay(self, msg)
+            else:
+                await self._dispatch(msg)
         except p.ProtocolError as exc:
             self.error(exc.code, exc.message)
         except Unavailable as exc:
@@ -240,8 +244,6 @@ class Session:
     async def _dispatch(self, msg: p.ClientMessage) -> None:
         hub = self.hub
         match msg:
-            case p.Signal():
-                await hub.relay(self, msg)
             case p.Join():
                 await hub.join(self, msg)
             case p.Leave():
