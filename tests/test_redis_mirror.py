@@ -49,7 +49,8 @@ def backend_with_room(*members: Member, floor: int = 10) -> tuple[RedisBackend, 
     backend = RedisBackend(RedisOptions(url="redis://127.0.0.1:1/0"))
     listener = Listener()
     backend._listener = listener
-    backend._rooms["bar"] = _Room(members={m.peer_id: m for m in members}, floor=floor)
+    room = backend._rooms["bar"] = _Room(floor=floor)
+    backend._set_members("bar", room, {m.peer_id: m for m in members})
     return backend, listener
 
 
@@ -73,6 +74,10 @@ def test_a_seat_snapshot_older_than_the_mirror_does_not_bring_back_who_left() ->
     seated = backend._seated(backend._rooms["bar"], "me", [1, [joined], "10", snapshot])
     assert seated.member.peer_id == "me"
     assert set(backend._rooms["bar"].members) == {"me"}
+    known = backend.known("me")
+    assert known is not None
+    assert known.owner == backend.instance_id
+    assert backend.known("x") is None
 
 
 def test_a_member_put_back_by_its_instance_is_no_news() -> None:

@@ -348,6 +348,8 @@ class RedisBackend(RoomBackend):
         }
         self._listener: RoomListener | None = None
         self._rooms: dict[str, _Room] = {}
+        #: The room of each member in ``_rooms``, for lookups by peer id.
+        self._where: dict[str, str] = {}
         self._pubsub: aioredis.client.PubSub | None = None
         self._problem: str | None = "not connected to Redis yet"
         self._connected_once = False
@@ -573,6 +575,7 @@ class RedisBackend(RoomBackend):
                 )
                 if fresh:
                     room.members[peer_id] = member
+                    self._where[peer_id] = event.r
                 # A member we already knew, put back by its instance after
                 # Redis lost it, is no news to anyone here.
                 if not (fresh and old is not None):
@@ -585,6 +588,8 @@ class RedisBackend(RoomBackend):
             case "left":
                 if fresh:
                     room.members.pop(peer_id, None)
+                    if self._where.get(peer_id) == event.r:
+                        del self._where[peer_id]
                 message = p.PeerLeft(peer_id=peer_id, reason=p.LeaveReason(event.reason))
                 # A move to another room made elsewhere; not a reap, after
                 # which this instance puts its member back itself.
@@ -623,6 +628,7 @@ class RedisBackend(RoomBackend):
             return
         if any(m.owner == self.instance_id for m in room.members.values()):
             return
+        self._set_members(room_id, room, {})
         del self._rooms[room_id]
         if self._pubsub is not None:
             self._spawn(self._unsubscribe(room_id))
@@ -660,20 +666,28 @@ class RedisBackend(RoomBackend):
         """Take a script's {events, seq, snapshot} into the mirror."""
         self._apply_all(result[1])
         seq, members = int(result[2]), _snapshot(result[3])
-        if seq >= room.floor:
-            room.members, room.floor = members, seq
-        # Otherwise events after the snapshot are already in the mirror.
         member = members[member_id]
+        if seq >= room.floor:
+            self._set_members(member.room_id, room, members)
+            room.floor = seq
+        # Otherwise events after the snapshot are already in the mirror.
         return Seated(member, [m for m in members.values() if m.peer_id != member_id], seq)
 
     # --- lookups ---------------------------------------------------------------
 
     def known(self, peer_id: str) -> Member | None:
-        for room in self._rooms.values():
-            member = room.members.get(peer_id)
-            if member is not None:
-                return member
-        return None
+        room = self._rooms.get(self._where.get(peer_id, ""))
+        return None if room is None else room.members.get(peer_id)
+
+    def _set_members(self, room_id: str, room: _Room, members: dict[str, Member]) -> None:
+        """Replace the mirror of a room's members, and the index of where they are."""
+        where = self._where
+        for peer_id in room.members:
+            if where.get(peer_id) == room_id:
+                del where[peer_id]
+        for peer_id in members:
+            where[peer_id] = room_id
+        room.members = members
 
     def known_members(self, room_id: str | None = None) -> list[Member]:
         if room_id is not None:
@@ -915,7 +929,8 @@ class RedisBackend(RoomBackend):
             for peer_id, m in told.items()
             if not final and peer_id not in truth and m.owner != self.instance_id
         }
-        room.members, room.floor = {**truth, **kept}, seq
+        self._set_members(room_id, room, {**truth, **kept})
+        room.floor = seq
         for peer_id, member in truth.items():
             before = told.get(peer_id)
             if before is None:
