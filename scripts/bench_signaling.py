@@ -999,29 +999,54 @@ def _ratio_lines(results: list[RelayResult], p99_target: float | None = None) ->
     return lines
 
 
-def relay_table(results: list[RelayResult]) -> str:
-    """The side-by-side table: every round, then the medians and the CPU ratios."""
+#: A table column: header, width, decimals, and the RelayResult field it shows;
+#: the medians row shows only columns whose field is summarised.
+_Column = tuple[str, int, int, str]
+
+_RELAY_COLUMNS: list[_Column] = [
+    ("msgs/s", 8, 0, "msgs_per_s"),
+    ("RTT p50 ms", 10, 2, "rtt_p50_ms"),
+    ("RTT p99 ms", 10, 2, "rtt_p99_ms"),
+    ("CPU us/msg", 10, 1, "cpu_us_per_msg"),
+    ("server %", 8, 0, "server_cpu_percent"),
+    ("clients %", 9, 0, "client_cpu_percent"),
+    ("other %", 7, 0, "other_cpu_percent"),
+]
+
+_RATE_COLUMNS: list[_Column] = [
+    ("msgs/s", 8, 0, "msgs_per_s"),
+    ("RTT p50 ms", 10, 2, "rtt_p50_ms"),
+    ("RTT p99 ms", 10, 2, "rtt_p99_ms"),
+    ("RTT max ms", 10, 2, "rtt_max_ms"),
+    ("CPU us/msg", 10, 1, "cpu_us_per_msg"),
+    ("server %", 8, 1, "server_cpu_percent"),
+    ("late p99", 8, 2, "late_p99_ms"),
+    ("other %", 7, 0, "other_cpu_percent"),
+]
+
+
+def _rounds_and_medians(results: list[RelayResult], columns: list[_Column]) -> list[str]:
+    """Every round of every setup, then each setup's medians, then its processes' CPU."""
     summary = relay_summary(results)
-    head = (
-        f"{'server':27} {'round':>5} {'msgs/s':>8} {'RTT p50 ms':>10} {'RTT p99 ms':>10} "
-        f"{'CPU us/msg':>10} {'server %':>8} {'clients %':>9} {'other %':>7}"
-    )
+    head = f"{'server':27} {'round':>5} " + " ".join(f"{h:>{w}}" for h, w, _, _ in columns)
     lines = [head, "-" * len(head)]
     for key in summary:
         for r in (r for r in results if r.server == key):
-            lines.append(
-                f"{r.label:27} {r.round:>5} {r.msgs_per_s:>8.0f} {r.rtt_p50_ms:>10.2f} "
-                f"{r.rtt_p99_ms:>10.2f} {r.cpu_us_per_msg:>10.1f} {r.server_cpu_percent:>8.0f} "
-                f"{r.client_cpu_percent:>9.0f} {r.other_cpu_percent:>7.0f}"
-            )
+            cells = " ".join(f"{getattr(r, f):>{w}.{d}f}" for _, w, d, f in columns)
+            lines.append(f"{r.label:27} {r.round:>5} {cells}")
     lines.append("-" * len(head))
     labels = {r.server: r.label for r in results}
     for key, s in summary.items():
-        lines.append(
-            f"{labels[key]:27} {'med.':>5} {s['msgs_per_s']:>8.0f} "
-            f"{s['rtt_p50_ms']:>10.2f} {s['rtt_p99_ms']:>10.2f} {s['cpu_us_per_msg']:>10.1f}"
-        )
-    lines += _process_lines(results)
+        cells = " ".join(f"{s[f]:>{w}.{d}f}" for _, w, d, f in columns if f in s)
+        lines.append(f"{labels[key]:27} {'med.':>5} {cells}")
+    return lines + _process_lines(results)
+
+
+def relay_table(results: list[RelayResult]) -> str:
+    """The side-by-side table: every round, then the medians and the CPU ratios."""
+    lines = _rounds_and_medians(results, _RELAY_COLUMNS)
+    summary = relay_summary(results)
+    labels = {r.server: r.label for r in results}
     if "peerjs" in summary:
         base = summary["peerjs"]["cpu_us_per_msg"]
         for key, s in summary.items():
@@ -1039,27 +1064,7 @@ def relay_table(results: list[RelayResult]) -> str:
 
 def rate_table(results: list[RelayResult]) -> str:
     """The paced runs side by side: round trips at one offered load, and what they cost."""
-    summary = relay_summary(results)
-    head = (
-        f"{'server':27} {'round':>5} {'msgs/s':>8} {'RTT p50 ms':>10} {'RTT p99 ms':>10} "
-        f"{'RTT max ms':>10} {'CPU us/msg':>10} {'server %':>8} {'late p99':>8} {'other %':>7}"
-    )
-    lines = [head, "-" * len(head)]
-    for key in summary:
-        for r in (r for r in results if r.server == key):
-            lines.append(
-                f"{r.label:27} {r.round:>5} {r.msgs_per_s:>8.0f} {r.rtt_p50_ms:>10.2f} "
-                f"{r.rtt_p99_ms:>10.2f} {r.rtt_max_ms:>10.2f} {r.cpu_us_per_msg:>10.1f} "
-                f"{r.server_cpu_percent:>8.1f} {r.late_p99_ms:>8.2f} {r.other_cpu_percent:>7.0f}"
-            )
-    lines.append("-" * len(head))
-    labels = {r.server: r.label for r in results}
-    for key, s in summary.items():
-        lines.append(
-            f"{labels[key]:27} {'med.':>5} {s['msgs_per_s']:>8.0f} {s['rtt_p50_ms']:>10.2f} "
-            f"{s['rtt_p99_ms']:>10.2f} {s['rtt_max_ms']:>10.2f} {s['cpu_us_per_msg']:>10.1f}"
-        )
-    lines += _process_lines(results)
+    lines = _rounds_and_medians(results, _RATE_COLUMNS)
     lines += _ratio_lines(results, CROSS_INSTANCE_P99_TARGET)
     unanswered = sum(r.unanswered for r in results)
     if unanswered:

@@ -32,12 +32,10 @@ TEST_SECRET = b"test-secret-not-for-production"
 
 
 @dataclass
-class RunningServer:
-    """A server started in this process on 127.0.0.1 and an ephemeral port."""
+class Loopback:
+    """Something that serves Chatsubo on a port of 127.0.0.1."""
 
-    runner: web.AppRunner
     port: int
-    config: ServerConfig
 
     @property
     def url(self) -> str:
@@ -46,6 +44,14 @@ class RunningServer:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+
+@dataclass
+class RunningServer(Loopback):
+    """A server started in this process on 127.0.0.1 and an ephemeral port."""
+
+    runner: web.AppRunner
+    config: ServerConfig
 
     @property
     def hub(self) -> Hub:
@@ -74,7 +80,7 @@ async def start_server(config: ServerConfig, port: int = 0) -> RunningServer:
     assert server is not None
     sockets = getattr(server, "sockets", None)
     assert sockets
-    return RunningServer(runner, sockets[0].getsockname()[1], config)
+    return RunningServer(port=sockets[0].getsockname()[1], runner=runner, config=config)
 
 
 ServerFactory = Callable[..., Awaitable[RunningServer]]

@@ -25,6 +25,7 @@ from tests.conftest import (
     TEST_SECRET,
     Client,
     ClientFactory,
+    Loopback,
     RedisServer,
     RunningServer,
     ServerFactory,
@@ -215,19 +216,10 @@ async def test_a_dropped_peer_that_comes_back_elsewhere_is_not_timed_out(
 
 
 @dataclass
-class Instance:
+class Instance(Loopback):
     """``chatsubo serve --redis-url`` in its own process."""
 
-    port: int
     process: asyncio.subprocess.Process
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
 
 
 @pytest.fixture

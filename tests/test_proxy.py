@@ -20,6 +20,7 @@ from chatsubo.server.redis_backend import RedisOptions
 from tests.conftest import (
     DEADLINE,
     ClientFactory,
+    Loopback,
     RedisServer,
     RunningServer,
     ServerFactory,
@@ -72,21 +73,12 @@ def _replace_directive(text: str, old: str, new: str) -> str:
 
 
 @dataclass
-class Proxy:
+class Proxy(Loopback):
     """nginx on a loopback port, in front of ``instances``."""
 
-    port: int
     instances: list[RunningServer]
     process: asyncio.subprocess.Process
     prefix: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
 
     def error_log(self) -> str:
         log = self.prefix / "error.log"
