@@ -108,7 +108,7 @@ class RoomBackend(abc.ABC):
         """Give a member its connection here, silently but for a new name; None if it is gone."""
 
     @abc.abstractmethod
-    async def hold(self, peer_id: str, until: float) -> Member | None:
+    async def hold(self, peer_id: str, until: float) -> None:
         """Mark a member held here as away: its connection dropped and it may come back."""
 
     @abc.abstractmethod

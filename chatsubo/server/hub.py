@@ -206,7 +206,12 @@ class Hub:
 
     def _expire(self, peer_id: str) -> None:
         del self._expiry[peer_id]
-        self._after(peer_id, self.backend.expire(peer_id))
+        self._after(peer_id, self._time_out(peer_id))
+
+    async def _time_out(self, peer_id: str) -> None:
+        member = await self.backend.expire(peer_id)
+        if member is not None:
+            logger.info("peer %s left %s (timeout)", peer_id, member.room_id)
 
     def _stop_holding(self, peer_id: str) -> None:
         timer = self._expiry.pop(peer_id, None)
@@ -332,6 +337,7 @@ class Hub:
 
     async def relay(self, session: Session, msg: p.Signal) -> None:
         """Pass a signal to its addressee, if and only if it is in the sender's room."""
+        # self.seat(), spelt out: this runs for every relayed message.
         sender = self.backend.known(session.peer_id)
         if sender is None or session.since is None or self._live.get(sender.peer_id) is not session:
             raise p.ProtocolError(p.ErrorCode.NOT_IN_ROOM, "join a room first")

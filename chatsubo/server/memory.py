@@ -77,10 +77,9 @@ class MemoryBackend(RoomBackend):
         others = [m for m in self.state.members(member.room_id) if m.peer_id != peer_id]
         return Seated(member, others, seq)
 
-    async def hold(self, peer_id: str, until: float) -> Member | None:
-        if self.state.member(peer_id) is None:
-            return None
-        return self.state.update(peer_id, away_until=until)
+    async def hold(self, peer_id: str, until: float) -> None:
+        if self.state.member(peer_id) is not None:
+            self.state.update(peer_id, away_until=until)
 
     async def remove(self, peer_id: str, reason: p.LeaveReason) -> Member | None:
         member = self.state.remove(peer_id)

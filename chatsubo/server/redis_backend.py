@@ -303,7 +303,7 @@ class RedisOptions:
     reap_interval: float = 1.0
     #: Seconds to wait for Redis before calling it unreachable.
     timeout: float = 2.0
-    #: Connections to Redis at most, besides the subscriber's.
+    #: Connections to Redis at most, the subscriber's included.
     connections: int = 32
 
     @property
@@ -761,9 +761,8 @@ class RedisBackend(RoomBackend):
             room.joining -= 1
             self._forget_if_idle(member.room_id)
 
-    async def hold(self, peer_id: str, until: float) -> Member | None:
+    async def hold(self, peer_id: str, until: float) -> None:
         self._apply_all(await self._run("hold", peer_id, until, self.instance_id))
-        return self.known(peer_id)
 
     async def _remove(
         self, peer_id: str, reason: p.LeaveReason, condition: str, owner: str
