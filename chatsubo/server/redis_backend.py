@@ -332,7 +332,8 @@ class RedisBackend(RoomBackend):
             # A failed command fails at once; the reader's reconnect loop retries.
             retry=Retry(NoBackoff(), 0),
         )
-        self._redis = aioredis.Redis(connection_pool=pool)
+        # from_pool: closing the client closes the pool too.
+        self._redis = aioredis.Redis.from_pool(pool)
         self._scripts = {
             name: self._redis.register_script(_PRELUDE + body)
             for name, body in (
