@@ -48,6 +48,7 @@ def test_help_explains_the_commands() -> None:
         "--self-signed",
         "--secret-file",
         "--redis-url",
+        "--stun-port",
     ):
         assert option in serve.stdout
 
@@ -60,6 +61,7 @@ def test_help_explains_the_commands() -> None:
         (["--ice-server", "stun.l.example.org"], "is not a stun:"),
         (["--secret-file", "/nonexistent/secret"], "No such file"),
         (["--redis-url", "127.0.0.1:6379"], "is not a redis://"),
+        (["--stun-port", "70000"], "is not a port number"),
     ],
 )
 def test_bad_options_fail_clearly(args: list[str], message: str) -> None:

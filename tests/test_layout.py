@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-PEER_ONLY = ("aiortc", "aioice", "av", "numpy", "sounddevice", "pyee")
+#: aioice is not among them: the server's STUN port speaks through its message code.
+PEER_ONLY = ("aiortc", "av", "numpy", "sounddevice", "pyee")
 
 
 def _loaded_after(code: str) -> set[str]:

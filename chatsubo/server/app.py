@@ -128,7 +128,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     # (a room list can exceed one message), so the transport never pauses and a
     # send never waits on another client's network.
     transport.set_write_buffer_limits(high=config.max_send_buffer + 4 * config.hard_message_bytes)
-    await Session(hub, ws, transport).run()
+    await Session(hub, ws, transport, request.url.host).run()
     return ws
 
 

@@ -49,6 +49,16 @@ def _redis_url(text: str) -> str:
     return text
 
 
+def _udp_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 1 to 65535")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, with a subcommand per job."""
     parser = argparse.ArgumentParser(
@@ -134,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sustained messages allowed per connection (bursts of 3x pass)",
     )
     serve.add_argument(
+        "--stun-port",
+        type=_udp_port,
+        metavar="N",
+        help="answer STUN binding requests on this UDP port (e.g. 3478), so that peers "
+        "behind NATs find each other; peers are told of it by themselves. Off by default",
+    )
+    serve.add_argument(
         "--redis-url",
         type=_redis_url,
         metavar="URL",
@@ -198,6 +215,8 @@ def serve(args: argparse.Namespace) -> int:
         messages_per_second=args.messages_per_second,
         message_burst=3 * args.messages_per_second,
         redis_url=args.redis_url,
+        stun_port=args.stun_port,
+        stun_host=args.host,
     )
     scheme = "https" if ssl_context else "http"
     hosts = local_addresses() if args.host in ("0.0.0.0", "::") else [args.host]

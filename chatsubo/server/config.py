@@ -41,3 +41,7 @@ class ServerConfig:
     redis_url: str | None = None
     #: Starts every Redis key and channel, so that bars can share one Redis.
     redis_prefix: str = "chatsubo"
+    #: Answer STUN binding requests on this UDP port (0 picks a free one); None: no STUN.
+    stun_port: int | None = None
+    #: The address the STUN port listens on.
+    stun_host: str = "0.0.0.0"

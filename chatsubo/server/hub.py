@@ -16,6 +16,7 @@ from .memory import MemoryBackend
 from .metrics import Metrics
 from .rooms import Member
 from .session import HEARTBEAT_TICKS, Ending
+from .stun import StunServer
 
 if TYPE_CHECKING:
     from .session import Session
@@ -58,6 +59,10 @@ class Hub:
             messages_per_second=config.messages_per_second,
             grace=config.grace,
         )
+        #: Our own STUN port, when configured.
+        self.stun = (
+            StunServer(config.stun_host, config.stun_port) if config.stun_port is not None else None
+        )
         self.closing = False
         self._lobby_dirty = asyncio.Event()
         self._lobby_task: asyncio.Task[None] | None = None
@@ -95,6 +100,8 @@ class Hub:
     async def start(self) -> None:
         """Start the backend and the background work: the room list broadcast and the heartbeat."""
         await self.backend.start(self)
+        if self.stun is not None:
+            await self.stun.start()
         self._lobby_task = asyncio.create_task(self._run_lobby())
         self._heartbeat_task = asyncio.create_task(self._run_heartbeat())
 
@@ -105,6 +112,8 @@ class Hub:
         restart, or to another instance sharing the rooms.
         """
         self.closing = True
+        if self.stun is not None:
+            self.stun.close()
         background = [self._lobby_task, self._heartbeat_task, *self._pending.values()]
         tasks = [task for task in background if task is not None]
         for task in tasks:
@@ -161,9 +170,21 @@ class Hub:
         return p.Welcome(
             peer_id=session.peer_id,
             resume_token=self.signer.issue(session.peer_id),
-            ice_servers=self.config.ice_servers,
+            ice_servers=self.ice_servers(session.host),
             limits=self.limits,
         )
+
+    def ice_servers(self, host: str | None) -> list[p.IceServer]:
+        """The ICE servers for a client that reached us as ``host``: our STUN first, if on.
+
+        aiortc uses only the first STUN server it is given, and ours is the
+        one that shares the client's route to us.
+        """
+        servers = self.config.ice_servers
+        if self.stun is None or not host:
+            return servers
+        where = f"[{host}]" if ":" in host else host
+        return [p.IceServer(urls=[f"stun:{where}:{self.stun.port}"]), *servers]
 
     def disconnect(self, session: Session, ending: Ending) -> None:
         """A connection ended. A clean close leaves the room; a drop keeps the place a while.

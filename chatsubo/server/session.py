@@ -64,8 +64,16 @@ class Session:
     means for the rooms is the hub's to decide.
     """
 
-    def __init__(self, hub: Hub, ws: web.WebSocketResponse, transport: asyncio.Transport) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        host: str | None = None,
+    ) -> None:
         self.hub = hub
+        #: The host name or address the client reached us by, for our STUN URL.
+        self.host = host
         self.ws = ws
         self._transport = transport
         #: Who this connection speaks for: its own new id, until the hub seats
