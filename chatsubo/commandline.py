@@ -26,6 +26,21 @@ def positive_float(text: str) -> float:
     return value
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """An argparse type: seconds, given as ``90``, ``90s``, ``30m``, ``6h`` or ``7d``."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _UNITS else (text, "s")
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 30m or 6h")
+    return seconds
+
+
 def add_log_level(parser: argparse.ArgumentParser) -> None:
     """The ``--log-level`` option, as both commands spell it."""
     parser.add_argument(

@@ -273,6 +273,15 @@ class Welcome(_Message, tag="welcome"):
     limits: Limits
 
 
+class IceServersUpdate(_Message, tag="ice_servers"):
+    """Fresh ICE servers, sent before the TURN credentials of the last ones expire.
+
+    They are for links made from now on; links already made keep theirs.
+    """
+
+    ice_servers: list[IceServer]
+
+
 class PeerList(_Message, tag="peer_list"):
     """Answer to ``join``: the caller's ``peerId`` and everyone else in the room."""
 
@@ -334,7 +343,16 @@ class Error(_Message, tag="error"):
 
 
 ServerMessage = (
-    Welcome | PeerList | PeerJoined | PeerLeft | PeerUpdated | RelayedSignal | Rooms | Pong | Error
+    Welcome
+    | IceServersUpdate
+    | PeerList
+    | PeerJoined
+    | PeerLeft
+    | PeerUpdated
+    | RelayedSignal
+    | Rooms
+    | Pong
+    | Error
 )
 
 

@@ -49,6 +49,8 @@ def test_help_explains_the_commands() -> None:
         "--secret-file",
         "--redis-url",
         "--stun-port",
+        "--turn-url",
+        "--turn-ttl",
     ):
         assert option in serve.stdout
 
@@ -62,6 +64,9 @@ def test_help_explains_the_commands() -> None:
         (["--secret-file", "/nonexistent/secret"], "No such file"),
         (["--redis-url", "127.0.0.1:6379"], "is not a redis://"),
         (["--stun-port", "70000"], "is not a port number"),
+        (["--turn-url", "turn:bar.example:3478"], "--turn-url needs --turn-secret-file"),
+        (["--turn-url", "stun:bar.example:3478"], "is not a turn:"),
+        (["--turn-ttl", "soon"], "is not a duration"),
     ],
 )
 def test_bad_options_fail_clearly(args: list[str], message: str) -> None:

@@ -254,6 +254,10 @@ export class SignalingClient extends Emitter {
       case "welcome":
         this._greeted(message);
         break;
+      case "ice_servers":
+        // Fresh TURN credentials, for the links made from now on.
+        this.iceServers = message.iceServers;
+        break;
       case "peer_list":
         this._joining = false;
         this.peerId = message.peerId;

@@ -299,6 +299,9 @@ class SignalingClient(AsyncIOEventEmitter):
                         self.emit("server_error", message)
                     else:
                         await self._join_refused(ws, message)
+                case p.IceServersUpdate():
+                    # Fresh TURN credentials, for the links made from now on.
+                    self.ice_servers = message.ice_servers
                 case p.RelayedSignal():
                     self.emit("signal", message)
                 case p.PeerJoined():

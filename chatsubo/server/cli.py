@@ -16,6 +16,7 @@ from .. import __version__
 from ..commandline import (
     add_log_level,
     configure_logging,
+    duration,
     positive_float,
     positive_int,
     raise_file_limit,
@@ -25,6 +26,7 @@ from .app import create_app
 from .config import ServerConfig
 from .identity import SECRET_ENV, default_state_dir, load_secret
 from .tls import local_addresses, self_signed_certificate, server_context
+from .turn import TurnCredentials
 
 logger = logging.getLogger("chatsubo")
 
@@ -36,6 +38,14 @@ def _ice_url(text: str) -> str:
     if scheme not in ("stun", "stuns", "turn", "turns"):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a stun:, stuns:, turn: or turns: URL (e.g. stun:192.168.1.2:3478)"
+        )
+    return text
+
+
+def _turn_url(text: str) -> str:
+    if urlsplit(text).scheme not in ("turn", "turns"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a turn: or turns: URL (e.g. turn:bar.example:3478)"
         )
     return text
 
@@ -92,6 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="STUN or TURN server handed to peers (repeatable); none by default, "
         "which is right on a LAN",
+    )
+    serve.add_argument(
+        "--turn-url",
+        action="append",
+        type=_turn_url,
+        default=[],
+        metavar="URL",
+        help="a coturn server run with use-auth-secret, e.g. turn:bar.example:3478 "
+        "(repeatable): every peer gets its own credentials for it, valid --turn-ttl",
+    )
+    serve.add_argument(
+        "--turn-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding coturn's static-auth-secret; needed with --turn-url",
+    )
+    serve.add_argument(
+        "--turn-ttl",
+        type=duration,
+        default=6 * 3600.0,
+        metavar="DURATION",
+        help="how long TURN credentials last (90s, 30m, 6h); open connections get fresh "
+        "ones before then",
     )
     serve.add_argument("--ice-username", help="username for the turn: servers")
     serve.add_argument("--ice-credential", help="credential for the turn: servers")
@@ -175,6 +208,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--tls-key needs --tls-cert")
     if args.tls_cert is not None and args.tls_key is None:
         parser.error("--tls-cert needs --tls-key")
+    if args.turn_url and args.turn_secret_file is None:
+        parser.error("--turn-url needs --turn-secret-file (coturn's static-auth-secret)")
     return args
 
 
@@ -195,6 +230,12 @@ def serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
         secret = load_secret(args.secret_file, args.state_dir)
+        turn = None
+        if args.turn_url:
+            turn_secret = args.turn_secret_file.read_bytes().strip()
+            if not turn_secret:
+                raise ValueError(f"TURN secret file {args.turn_secret_file} is empty")
+            turn = TurnCredentials(urls=args.turn_url, secret=turn_secret, ttl=args.turn_ttl)
         ssl_context: ssl.SSLContext | None = None
         if args.self_signed:
             ssl_context = server_context(*self_signed_certificate(args.state_dir))
@@ -217,6 +258,7 @@ def serve(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
         stun_port=args.stun_port,
         stun_host=args.host,
+        turn=turn,
     )
     scheme = "https" if ssl_context else "http"
     hosts = local_addresses() if args.host in ("0.0.0.0", "::") else [args.host]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..protocol import MAX_MESSAGE_BYTES, IceServer
+from .turn import TurnCredentials
 
 
 @dataclass
@@ -45,3 +46,5 @@ class ServerConfig:
     stun_port: int | None = None
     #: The address the STUN port listens on.
     stun_host: str = "0.0.0.0"
+    #: TURN servers (coturn with ``use-auth-secret``) and how to make their credentials.
+    turn: TurnCredentials | None = None

@@ -170,21 +170,32 @@ class Hub:
         return p.Welcome(
             peer_id=session.peer_id,
             resume_token=self.signer.issue(session.peer_id),
-            ice_servers=self.ice_servers(session.host),
+            ice_servers=self.ice_servers(session),
             limits=self.limits,
         )
 
-    def ice_servers(self, host: str | None) -> list[p.IceServer]:
-        """The ICE servers for a client that reached us as ``host``: our STUN first, if on.
+    def ice_servers(self, session: Session) -> list[p.IceServer]:
+        """The ICE servers for ``session``: our STUN, its own TURN credentials, then the rest.
 
-        aiortc uses only the first STUN server it is given, and ours is the
-        one that shares the client's route to us.
+        aiortc uses only the first STUN and the first TURN server it is given;
+        ours share the client's route to us. With TURN, the session is due
+        fresh credentials before these expire (see :meth:`_renew_ice`).
         """
-        servers = self.config.ice_servers
-        if self.stun is None or not host:
-            return servers
-        where = f"[{host}]" if ":" in host else host
-        return [p.IceServer(urls=[f"stun:{where}:{self.stun.port}"]), *servers]
+        servers = []
+        host = session.host
+        if self.stun is not None and host:
+            where = f"[{host}]" if ":" in host else host
+            servers.append(p.IceServer(urls=[f"stun:{where}:{self.stun.port}"]))
+        turn = self.config.turn
+        if turn is not None:
+            servers.append(turn.server_for(session.peer_id))
+            session.renew_ice_at = time.monotonic() + 0.75 * turn.ttl
+        return [*servers, *self.config.ice_servers]
+
+    def _renew_ice(self, session: Session, now: float) -> None:
+        """Send fresh TURN credentials to a session whose current ones are getting old."""
+        if session.renew_ice_at is not None and now >= session.renew_ice_at:
+            session.send_message(p.IceServersUpdate(ice_servers=self.ice_servers(session)))
 
     def disconnect(self, session: Session, ending: Ending) -> None:
         """A connection ended. A clean close leaves the room; a drop keeps the place a while.
@@ -240,12 +251,17 @@ class Hub:
             timer.cancel()
 
     async def _run_heartbeat(self) -> None:
-        """Give every session its heartbeat check, ``HEARTBEAT_TICKS`` times a period."""
+        """Give every session its heartbeat check, ``HEARTBEAT_TICKS`` times a period.
+
+        The same sweep hands out fresh TURN credentials when they are due.
+        """
         while True:
             await asyncio.sleep(self.config.heartbeat / HEARTBEAT_TICKS)
+            now = time.monotonic()
             for session in list(self._sessions):
                 try:
                     session.heartbeat()
+                    self._renew_ice(session, now)
                 except Exception:
                     logger.exception("heartbeat of peer %s failed", session.peer_id)
 

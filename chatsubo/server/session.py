@@ -74,6 +74,8 @@ class Session:
         self.hub = hub
         #: The host name or address the client reached us by, for our STUN URL.
         self.host = host
+        #: When its TURN credentials are due to be renewed (monotonic); None without TURN.
+        self.renew_ice_at: float | None = None
         self.ws = ws
         self._transport = transport
         #: Who this connection speaks for: its own new id, until the hub seats
