@@ -33,6 +33,7 @@ from tests.conftest import (
     ServerFactory,
     pair,
     poll,
+    relays,
 )
 
 pytestmark = BOTH_BACKENDS
@@ -100,29 +101,6 @@ async def next_message(client: Client) -> dict[str, Any]:
     assert msg.type is aiohttp.WSMsgType.TEXT, msg
     parsed: dict[str, Any] = json.loads(msg.data)
     return parsed
-
-
-async def expect_signal(receiver: Client, sender: Client) -> dict[str, Any]:
-    """The next signal from ``sender``; anything else received meanwhile stays in the backlog."""
-    others: list[dict[str, Any]] = []
-    try:
-        while True:
-            msg = await receiver.expect("signal")
-            if msg["from"] == sender.peer_id:
-                return msg
-            others.append(msg)
-    finally:
-        receiver.backlog[:0] = others
-
-
-async def relays(sender: Client, receiver: Client, data: Any) -> None:
-    """``sender`` can signal ``receiver``: it gets exactly that, and the sender no error."""
-    await sender.send({"type": "signal", "to": receiver.peer_id, "data": data})
-    got = await expect_signal(receiver, sender)
-    assert got == {"type": "signal", "from": sender.peer_id, "data": data}
-    received = await sender.sync()
-    assert [m for m in received if m["type"] == "error"] == []
-    sender.backlog.extend(received)
 
 
 async def healthz(server: RunningServer) -> dict[str, Any]:

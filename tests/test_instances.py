@@ -32,6 +32,7 @@ from tests.conftest import (
     SlowReaderFactory,
     free_port,
     poll,
+    relays,
 )
 
 #: How soon the others must hear that a killed instance's peers are gone.
@@ -60,11 +61,8 @@ async def test_discovery_relay_and_leaving_across_instances(
     joined = await a.expect("peer_joined")
     assert (joined["peerId"], joined["name"]) == (b.peer_id, "Bob")
 
-    offer = {"type": "offer", "sdp": "v=0\r\n"}
-    await b.send({"type": "signal", "to": a.peer_id, "data": offer})
-    assert await a.expect("signal") == {"type": "signal", "from": b.peer_id, "data": offer}
-    await a.send({"type": "signal", "to": b.peer_id, "data": {"type": "answer", "sdp": "x"}})
-    assert (await b.expect("signal"))["from"] == a.peer_id
+    await relays(b, a, {"type": "offer", "sdp": "v=0\r\n"})
+    await relays(a, b, {"type": "answer", "sdp": "x"})
 
     await a.send({"type": "update", "zone": "Lounge"})
     updated = await b.expect("peer_updated")

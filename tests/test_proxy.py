@@ -26,6 +26,7 @@ from tests.conftest import (
     ServerFactory,
     free_port,
     poll,
+    relays,
 )
 
 NGINX = Path("/usr/sbin/nginx")
@@ -160,11 +161,8 @@ async def test_peers_on_different_instances_meet_through_nginx(
     joined = await a.expect("peer_joined")
     assert (joined["peerId"], joined["name"]) == (b.peer_id, "Bob")
 
-    offer = {"type": "offer", "sdp": "v=0\r\n"}
-    await b.send({"type": "signal", "to": a.peer_id, "data": offer})
-    assert await a.expect("signal") == {"type": "signal", "from": b.peer_id, "data": offer}
-    await a.send({"type": "signal", "to": b.peer_id, "data": {"type": "answer", "sdp": "x"}})
-    assert (await b.expect("signal"))["from"] == a.peer_id
+    await relays(b, a, {"type": "offer", "sdp": "v=0\r\n"})
+    await relays(a, b, {"type": "answer", "sdp": "x"})
 
 
 async def test_a_stopped_instance_s_peer_resumes_on_the_other_through_nginx(

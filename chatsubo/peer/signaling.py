@@ -242,7 +242,8 @@ class SignalingClient(AsyncIOEventEmitter):
                 if reconnect is p.Reconnect.AT_ONCE:
                     # The spread keeps everyone from returning to a restarting
                     # server at the same moment; another instance is up already.
-                    spread = 0.0 if self._fail_over() else p.CLIENT_RULES.restart_spread
+                    moved = self._fail_over()
+                    spread = 0.0 if moved else p.CLIENT_RULES.restart_spread
                     wait = spread * random.random()
                 else:
                     wait = p.reconnect_delay(attempt, loop.time() - outage_began, random.random())

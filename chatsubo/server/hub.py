@@ -51,7 +51,7 @@ class Hub:
         self.metrics = Metrics(
             connections=self.connections,
             rooms=lambda: len({m.room_id for m in self.members_here()}),
-            peers=lambda: len(self._live) + len(self._expiry),
+            peers=lambda: len(self.holding()),
         )
         self.limits = p.Limits(
             max_room_size=config.max_room_size,
@@ -170,7 +170,7 @@ class Hub:
         return p.Welcome(
             peer_id=session.peer_id,
             resume_token=self.signer.issue(session.peer_id),
-            ice_servers=self.ice_servers(session),
+            ice_servers=self._ice_servers_for(session),
             limits=self.limits,
         )
 
@@ -178,24 +178,28 @@ class Hub:
         """The ICE servers for ``session``: our STUN, its own TURN credentials, then the rest.
 
         aiortc uses only the first STUN and the first TURN server it is given;
-        ours share the client's route to us. With TURN, the session is due
-        fresh credentials before these expire (see :meth:`_renew_ice`).
+        ours share the client's route to us.
         """
         servers = []
         host = session.host
         if self.stun is not None and host:
             where = f"[{host}]" if ":" in host else host
             servers.append(p.IceServer(urls=[f"stun:{where}:{self.stun.port}"]))
-        turn = self.config.turn
-        if turn is not None:
-            servers.append(turn.server_for(session.peer_id))
-            session.renew_ice_at = time.monotonic() + 0.75 * turn.ttl
+        if self.config.turn is not None:
+            servers.append(self.config.turn.server_for(session.peer_id))
         return [*servers, *self.config.ice_servers]
+
+    def _ice_servers_for(self, session: Session) -> list[p.IceServer]:
+        """:meth:`ice_servers`, noting when the session is due fresh TURN credentials."""
+        if self.config.turn is not None:
+            session.renew_ice_at = time.monotonic() + 0.75 * self.config.turn.ttl
+        return self.ice_servers(session)
 
     def _renew_ice(self, session: Session, now: float) -> None:
         """Send fresh TURN credentials to a session whose current ones are getting old."""
         if session.renew_ice_at is not None and now >= session.renew_ice_at:
-            session.send_message(p.IceServersUpdate(ice_servers=self.ice_servers(session)))
+            update = p.IceServersUpdate(ice_servers=self._ice_servers_for(session))
+            session.send_message(update)
 
     def disconnect(self, session: Session, ending: Ending) -> None:
         """A connection ended. A clean close leaves the room; a drop keeps the place a while.
