@@ -29,7 +29,9 @@ RoomId = Annotated[str, Meta(pattern=ROOM_ID_PATTERN)]
 PeerId = Annotated[str, Meta(min_length=1, max_length=PEER_ID_MAX_CHARS)]
 DisplayName = Annotated[str, Meta(min_length=1, max_length=NAME_MAX_CHARS)]
 Zone = Annotated[str, Meta(min_length=1, max_length=ZONE_MAX_CHARS)]
-ResumeToken = Annotated[str, Meta(min_length=1, max_length=256)]
+#: A resume or invite token (a JWT); one with a fixed name of 32 wide characters fits.
+TOKEN_MAX_CHARS: Final = 1024
+Token = Annotated[str, Meta(min_length=1, max_length=TOKEN_MAX_CHARS)]
 
 _ROOM_ID_RE = re.compile(ROOM_ID_PATTERN)
 
@@ -48,6 +50,7 @@ class ErrorCode(enum.StrEnum):
     BAD_RESUME = "bad_resume"
     SERVER_FULL = "server_full"
     UNAVAILABLE = "unavailable"
+    UNAUTHORIZED = "unauthorized"
 
 
 class LeaveReason(enum.StrEnum):
@@ -174,11 +177,16 @@ class _Message(msgspec.Struct, tag_field="type", rename="camel", omit_defaults=T
 
 
 class Join(_Message, tag="join"):
-    """Enter a room; ``resume`` reclaims an earlier ``peerId`` from its token."""
+    """Enter a room; ``resume`` reclaims an earlier ``peerId`` from its token.
+
+    ``token`` is an invite to the room, which a server run with
+    ``--require-token`` asks of everyone not resuming a seat in that room.
+    """
 
     room_id: RoomId
     name: DisplayName
-    resume: ResumeToken | None = None
+    resume: Token | None = None
+    token: Token | None = None
 
     def __post_init__(self) -> None:
         _check_text(self.name, "a name", NAME_MAX_CHARS)
@@ -209,7 +217,9 @@ class Update(_Message, tag="update"):
 
 
 class WatchRooms(_Message, tag="watch_rooms"):
-    """Subscribe to the live room list."""
+    """Subscribe to the live room list; on an invite-only server, of the rooms ``token`` opens."""
+
+    token: Token | None = None
 
 
 class UnwatchRooms(_Message, tag="unwatch_rooms"):
@@ -271,6 +281,8 @@ class Welcome(_Message, tag="welcome"):
     resume_token: str
     ice_servers: list[IceServer]
     limits: Limits
+    #: Every join needs an invite token (``chatsubo serve --require-token``).
+    invite_only: bool = False
 
 
 class IceServersUpdate(_Message, tag="ice_servers"):
@@ -289,6 +301,8 @@ class PeerList(_Message, tag="peer_list"):
     peer_id: str
     peers: list[PeerInfo]
     resume_token: str | None = None
+    #: The caller's display name, when the server chose it: the invite fixed it.
+    name: str | None = None
 
 
 class PeerJoined(_Message, tag="peer_joined"):
@@ -413,6 +427,9 @@ class ClientRules(msgspec.Struct, rename="camel", frozen=True):
     room_id_max_chars: int
     name_max_chars: int
     zone_max_chars: int
+    token_max_chars: int
+    #: The room a client joins when told none.
+    default_room: str
 
 
 CLIENT_RULES: Final = ClientRules(
@@ -426,6 +443,8 @@ CLIENT_RULES: Final = ClientRules(
     room_id_max_chars=ROOM_ID_MAX_CHARS,
     name_max_chars=NAME_MAX_CHARS,
     zone_max_chars=ZONE_MAX_CHARS,
+    token_max_chars=TOKEN_MAX_CHARS,
+    default_room="chatsubo-main",
 )
 
 

@@ -449,10 +449,16 @@ class Crowd:
         viewport: ViewportSize = DESKTOP,
         touch: bool = False,
         init_script: str | None = None,
+        path: str = "/",
     ) -> Person:
-        """A new visitor with the page of ``server`` open in the lobby."""
+        """A new visitor with the page of ``server`` (at ``path``) open in the lobby."""
         person = await Person.visit(
-            self.browser, server.url, name, viewport=viewport, touch=touch, init_script=init_script
+            self.browser,
+            server.url + path,
+            name,
+            viewport=viewport,
+            touch=touch,
+            init_script=init_script,
         )
         self.people.append(person)
         return person
@@ -474,11 +480,17 @@ class Bot:
     _readers: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, server: RunningServer | str, room: str, name: str, *args: str) -> Bot:
-        """A bot in ``room`` of ``server`` (or of any URL, reachable or not)."""
+    async def start(
+        cls, server: RunningServer | str, room: str, name: str, *args: str, netns: str | None = None
+    ) -> Bot:
+        """A bot in ``room`` of ``server`` (or of any URL, reachable or not).
+
+        ``netns``: run it in that network namespace (``ip netns exec``, as root).
+        """
         url = server if isinstance(server, str) else server.url
+        inside = ("ip", "netns", "exec", netns) if netns is not None else ()
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "chatsubo.client", "--server", url, "--room", room,
+            *inside, sys.executable, "-m", "chatsubo.client", "--server", url, "--room", room,
             "--name", name, "--json", *args,
             cwd=REPO,
             stdout=asyncio.subprocess.PIPE,
@@ -568,8 +580,15 @@ class Bots:
     def __init__(self) -> None:
         self.bots: list[Bot] = []
 
-    async def start(self, server: RunningServer | str, room: str, name: str, *args: str) -> Bot:
-        bot = await Bot.start(server, room, name, *args)
+    async def start(
+        self,
+        server: RunningServer | str,
+        room: str,
+        name: str,
+        *args: str,
+        netns: str | None = None,
+    ) -> Bot:
+        bot = await Bot.start(server, room, name, *args, netns=netns)
         self.bots.append(bot)
         return bot
 

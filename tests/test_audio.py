@@ -385,3 +385,22 @@ def test_a_source_is_silent_until_its_position_is_known() -> None:
     buffer.push(stereo_tone_frame(440.0))
     mixer.move("peer", (10.0, 7.0))
     assert mixer.mix().any()
+
+
+def test_a_buffer_with_slack_plays_a_late_frame_without_a_gap() -> None:
+    """A concealed frame arrives with the next packet: one frame of slack covers it."""
+    buffer = PcmBuffer(slack=1)
+    buffer.push(stereo_tone_frame(440.0))
+    assert not buffer.take(FRAME_SAMPLES).any()
+    buffer.push(stereo_tone_frame(440.0))
+    played = [buffer.take(FRAME_SAMPLES)]
+    # The next frame is lost: it comes together with the one after.
+    played.append(buffer.take(FRAME_SAMPLES))
+    buffer.push(stereo_tone_frame(440.0))
+    buffer.push(stereo_tone_frame(440.0))
+    played += [buffer.take(FRAME_SAMPLES), buffer.take(FRAME_SAMPLES)]
+    assert all(rms(frame) > 0.1 for frame in played)
+    # Run dry, it waits for the slack again rather than stutter frame by frame.
+    assert rms(buffer.take(FRAME_SAMPLES)) == 0.0
+    buffer.push(stereo_tone_frame(440.0))
+    assert rms(buffer.take(FRAME_SAMPLES)) == 0.0

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from chatsubo import protocol as p
 from chatsubo.protocol import CloseCode, ErrorCode
 from chatsubo.server.identity import TokenSigner
 from tests.conftest import (
@@ -145,8 +146,15 @@ BAD_FRAMES = [
     pytest.param({"type": "join", "roomId": "bar", "name": "C", "resume": 5}, id="join-resume-int"),
     pytest.param({"type": "join", "roomId": "bar", "name": "C", "resume": ""}, id="resume-empty"),
     pytest.param(
-        {"type": "join", "roomId": "bar", "name": "C", "resume": "x" * 257}, id="resume-257"
+        {"type": "join", "roomId": "bar", "name": "C", "resume": "x" * (p.TOKEN_MAX_CHARS + 1)},
+        id="resume-too-long",
     ),
+    pytest.param({"type": "join", "roomId": "bar", "name": "C", "token": ""}, id="token-empty"),
+    pytest.param(
+        {"type": "join", "roomId": "bar", "name": "C", "token": "x" * (p.TOKEN_MAX_CHARS + 1)},
+        id="token-too-long",
+    ),
+    pytest.param({"type": "watch_rooms", "token": 7}, id="watch-token-int"),
     pytest.param({"type": "signal", "to": "someone"}, id="signal-missing-data"),
     pytest.param({"type": "signal", "data": {"sdp": "v=0"}}, id="signal-missing-to"),
     pytest.param({"type": "signal", "to": 12, "data": None}, id="signal-to-a-number"),

@@ -73,7 +73,8 @@ valid_messages: st.SearchStrategy[p.ClientMessage] = st.one_of(
         p.Join,
         room_id=room_ids,
         name=names,
-        resume=st.none() | st.text(min_size=1, max_size=256),
+        resume=st.none() | st.text(min_size=1, max_size=p.TOKEN_MAX_CHARS),
+        token=st.none() | st.text(min_size=1, max_size=p.TOKEN_MAX_CHARS),
     ),
     st.builds(p.Leave),
     st.builds(p.Signal, to=peer_ids, data=raw_json),
@@ -82,7 +83,7 @@ valid_messages: st.SearchStrategy[p.ClientMessage] = st.one_of(
         name=st.just(msgspec.UNSET) | names,
         zone=st.just(msgspec.UNSET) | st.none() | zones,
     ),
-    st.builds(p.WatchRooms),
+    st.builds(p.WatchRooms, token=st.none() | st.text(min_size=1, max_size=p.TOKEN_MAX_CHARS)),
     st.builds(p.UnwatchRooms),
     st.builds(p.Ping, t=st.floats(allow_nan=False, allow_infinity=False)),
 )

@@ -1,20 +1,39 @@
-"""The inline audio receive path: real Opus packets in, decoded frames out, in order."""
+"""The inline audio receive path: real Opus packets in, decoded frames out, in order, no gaps."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes.util
+import json
 import logging
+import random
+import sys
+from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
+from numpy.typing import NDArray
 
-from chatsubo.peer.audio import FRAME_SAMPLES, AudioOut, EncodedAudioTrack, ToneSource
+from chatsubo.peer import opus
+from chatsubo.peer.audio import (
+    FRAME_SAMPLES,
+    SAMPLE_RATE,
+    AudioOut,
+    EncodedAudioTrack,
+    PcmBuffer,
+    SpatialMixer,
+    ToneSource,
+)
 from chatsubo.peer.receiving import InlineAudioPath, use_inline_audio_path
+from tests.conftest import RunningServer
 from tests.test_audio import audio_call, loopback_connection, peak_hz, until
+from tests.test_opus import encode, tone
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
 
@@ -49,6 +68,57 @@ def drain(frames: asyncio.Queue[Any]) -> list[Any]:
     return out
 
 
+def rtp(payloads: list[bytes]) -> list[RtpPacket]:
+    """Opus payloads as consecutive RTP packets, across the sequence number wrap."""
+    return [
+        RtpPacket(
+            payload_type=111,
+            sequence_number=(65530 + i) & 0xFFFF,
+            timestamp=1000 + i * FRAME_SAMPLES,
+            payload=payload,
+        )
+        for i, payload in enumerate(payloads)
+    ]
+
+
+def through(
+    packets: list[RtpPacket], dropped: Collection[int] = ()
+) -> tuple[InlineAudioPath, list[av.AudioFrame]]:
+    """A fresh path, the frames it made of ``packets`` less the ``dropped`` ones."""
+    path, frames = new_path()
+    for i, packet in enumerate(packets):
+        if i not in dropped:
+            path.add(packet)
+    return path, drain(frames)
+
+
+def voice(frames: int) -> NDArray[np.int16]:
+    """Something like a voice: a vowel with vibrato, in syllables; libopus adds FEC to it."""
+    t = np.arange(frames * FRAME_SAMPLES) / SAMPLE_RATE
+    phase = 2 * np.pi * np.cumsum(150 + 20 * np.sin(2 * np.pi * 2 * t)) / SAMPLE_RATE
+    vowel = sum(np.sin(h * phase) / h for h in range(1, 8))
+    sound = vowel * (0.55 + 0.45 * np.sin(2 * np.pi * 4 * t))
+    pcm: NDArray[np.int16] = (sound / np.abs(sound).max() * 0.3 * 32767).astype(np.int16)
+    return pcm
+
+
+def every_frame(count: int) -> list[int]:
+    """The pts of ``count`` frames that leave no 20 ms uncovered."""
+    return [i * FRAME_SAMPLES for i in range(count)]
+
+
+def snr_db(frame: av.AudioFrame, reference: av.AudioFrame) -> float:
+    x, y = (f.to_ndarray().reshape(-1).astype(np.float64) for f in (frame, reference))
+    return float(10 * np.log10(np.sum(y**2) / np.sum((x - y) ** 2)))
+
+
+def fec_lib() -> opus.Libopus:
+    lib = opus.libopus()
+    assert lib is not None
+    assert lib.knows_lbrr
+    return lib
+
+
 async def test_each_packet_is_decoded_on_arrival_across_the_sequence_wrap() -> None:
     packets = await opus_packets(20)
     path, frames = new_path()
@@ -64,29 +134,143 @@ async def test_each_packet_is_decoded_on_arrival_across_the_sequence_wrap() -> N
     assert abs(peak_hz(pcm) - 440) < 15
 
 
-async def test_late_packets_are_dropped_and_gaps_skipped() -> None:
+async def test_late_packets_are_dropped_and_their_frames_made_up() -> None:
     packets = await opus_packets(6)
     path, frames = new_path()
     for i in (0, 1, 3, 2, 4, 5):
         path.add(packets[i])
     decoded = drain(frames)
-    # Packet 2 came after 3 had been played: it is dropped, never played late.
-    assert [f.pts // FRAME_SAMPLES for f in decoded] == [0, 1, 3, 4, 5]
-    assert path.late == 1
+    # Frame 2 was made up before 3 was played; packet 2 itself is dropped, never played late.
+    assert [f.pts // FRAME_SAMPLES for f in decoded] == [0, 1, 2, 3, 4, 5]
+    assert (path.received, path.late, path.lost) == (5, 1, 1)
+    assert path.concealed + path.recovered == 1
+
+
+async def test_our_sender_adds_fec() -> None:
+    packets = await opus_packets(8)
+    assert any(fec_lib().has_fec(packet.payload) for packet in packets)
+
+
+def test_lost_frames_are_rebuilt_from_fec_or_concealed() -> None:
+    payloads = encode(voice(60))
+    lib = fec_lib()
+    # One lost packet whose next one carries FEC, then three in a row, likewise.
+    single = next(j for j in range(20, 40) if lib.has_fec(payloads[j + 1]))
+    run = next(j for j in range(single + 5, 55) if lib.has_fec(payloads[j + 3]))
+    path, decoded = through(rtp(payloads), {single, run, run + 1, run + 2})
+    assert (path.received, path.lost, path.recovered, path.concealed) == (56, 4, 2, 2)
+    assert [f.pts for f in decoded] == every_frame(60)
+    assert all(f.samples == FRAME_SAMPLES and len(f.layout.channels) == 1 for f in decoded)
+    assert path.stats().recovered == 2
+
+
+def test_without_fec_every_lost_frame_is_concealed() -> None:
+    path, decoded = through(rtp(encode(voice(30), fec=False)), {10, 20, 21})
+    assert (path.received, path.lost, path.recovered, path.concealed) == (27, 3, 0, 3)
+    assert [f.pts for f in decoded] == every_frame(30)
+
+
+def test_a_frame_rebuilt_from_fec_is_closer_to_the_original_than_plc() -> None:
+    payloads = encode(voice(100))
+    packets = rtp(payloads)
+    lib = fec_lib()
+    _, clean = through(packets)
+    from_fec, from_plc = [], []
+    for j in [j for j in range(20, 90) if lib.has_fec(payloads[j + 1])][:5]:
+        fec_path, with_fec = through(packets, {j})
+        # With the next one lost too, frame j can only be concealed.
+        plc_path, with_plc = through(packets, {j, j + 1})
+        assert (fec_path.recovered, plc_path.concealed, plc_path.recovered) == (1, 1, 1)
+        from_fec.append(snr_db(with_fec[j], clean[j]))
+        from_plc.append(snr_db(with_plc[j], clean[j]))
+    assert np.mean(from_fec) > np.mean(from_plc) + 6, (from_fec, from_plc)
+
+
+def test_a_long_gap_is_not_filled_but_time_carries_on() -> None:
+    # 300 ms lost: past what is worth concealing (PLC fades to silence).
+    path, decoded = through(rtp(encode(tone(40))), range(10, 25))
+    assert (path.received, path.lost, path.concealed, path.recovered) == (25, 15, 0, 0)
+    assert [f.pts for f in decoded] == every_frame(10) + every_frame(40)[25:]
+
+
+def longest_quiet_run(pcm: NDArray[np.float32], below: float) -> int:
+    """The most samples in a row quieter than ``below``."""
+    quiet = np.concatenate(([0], (np.abs(pcm) < below).astype(np.int8), [0]))
+    edges = np.flatnonzero(np.diff(quiet))
+    return int((edges[1::2] - edges[::2]).max(initial=0))
+
+
+def test_no_gaps_or_clicks_at_5_percent_random_loss() -> None:
+    packets = rtp(encode(tone(400)))
+    rng = random.Random(5)
+    dropped = {i for i in range(1, len(packets)) if rng.random() < 0.05}
+    heard: list[NDArray[np.float32]] = []
+    for lost in ((), dropped):
+        path, decoded = through(packets, lost)
+        assert [f.pts for f in decoded] == every_frame(400)
+        # Mixed as a bot mixes what it hears, in stream time: the sink's timing is not tested.
+        buffer = PcmBuffer(max_frames=len(decoded))
+        for frame in decoded:
+            buffer.push(frame)
+        mixer = SpatialMixer()
+        mixer.add("them", buffer, (0.0, 0.0))
+        mixed = np.concatenate([mixer.mix()[:, 0] for _ in decoded])
+        # Past the fade-in of a new voice and the decoder's start.
+        heard.append(mixed[5 * FRAME_SAMPLES :])
+    assert len(dropped) >= 15
+    assert path.lost == path.concealed + path.recovered == len(dropped)
+    clean, lossy = heard
+    # A gap would be hundreds of samples of silence; a tone of this level is that
+    # quiet for only two or three samples, around each zero crossing.
+    assert longest_quiet_run(clean, 0.01) <= 6
+    assert longest_quiet_run(lossy, 0.01) <= 6
+    # A click is a jump between samples far beyond the tone's steepest slope.
+    steepest = np.abs(np.diff(clean)).max()
+    assert np.abs(np.diff(lossy)).max() < 1.5 * steepest
+    assert abs(peak_hz(lossy) - 440) < 15
+
+
+def test_a_stereo_stream_is_heard_in_mono_and_recovered() -> None:
+    # What browsers send: stereo Opus, with FEC.
+    payloads = encode(voice(30), "stereo")
+    j = next(j for j in range(10, 28) if fec_lib().has_fec(payloads[j + 1]))
+    path, decoded = through(rtp(payloads), {j})
+    assert (path.lost, path.recovered) == (1, 1)
+    assert [f.pts for f in decoded] == every_frame(30)
+    assert all(len(f.layout.channels) == 1 for f in decoded)
+
+
+def test_without_libopus_pyav_decodes_and_a_loss_stays_a_gap(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(opus, "bundled_libopus", lambda: Path("/nonexistent/libopus.so.0"))
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    opus.libopus.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, "chatsubo.peer.opus"):
+            path, decoded = through(rtp(encode(tone(10))), {5})
+    finally:
+        opus.libopus.cache_clear()
+    assert "will not be concealed" in caplog.text
+    assert (path.received, path.lost, path.concealed, path.recovered) == (9, 1, 0, 0)
+    assert [f.pts for f in decoded] == [i * FRAME_SAMPLES for i in (0, 1, 2, 3, 4, 6, 7, 8, 9)]
+    assert all(len(f.layout.channels) == 1 for f in decoded)
 
 
 async def test_a_restarted_stream_is_followed() -> None:
-    packets = await opus_packets(4)
+    packets = await opus_packets(6)
     path, frames = new_path()
     path.add(packets[0])
     path.add(packets[1])
-    # A sender that started over jumps far back in sequence numbers: follow it.
+    # A sender that started over jumps far in sequence numbers, back or ahead: follow it.
     packets[2].sequence_number = (packets[1].sequence_number - 5000) & 0xFFFF
     packets[3].sequence_number = (packets[2].sequence_number + 1) & 0xFFFF
-    path.add(packets[2])
-    path.add(packets[3])
-    assert len(drain(frames)) == 4
-    assert path.late == 0
+    packets[4].sequence_number = (packets[3].sequence_number + 5000) & 0xFFFF
+    packets[5].sequence_number = (packets[4].sequence_number + 1) & 0xFFFF
+    for packet in packets[2:]:
+        path.add(packet)
+    assert len(drain(frames)) == 6
+    assert path.late == path.lost == 0
 
 
 async def test_unknown_payloads_and_garbage_are_dropped() -> None:
@@ -107,7 +291,7 @@ async def test_unknown_payloads_and_garbage_are_dropped() -> None:
 
 async def test_installs_on_a_real_receiver_and_a_call_still_delivers() -> None:
     answerer = loopback_connection()
-    installed: list[bool] = []
+    installed: list[InlineAudioPath | None] = []
 
     def install(track: MediaStreamTrack) -> None:
         (receiver,) = [r for r in answerer.getReceivers() if r.track is track]
@@ -115,7 +299,9 @@ async def test_installs_on_a_real_receiver_and_a_call_still_delivers() -> None:
 
     async with audio_call(AudioOut(ToneSource(440.0)), answerer, install) as received:
         await until(lambda: bool(received) and received[0].frames > 50, "a second of audio")
-        assert installed == [True]
+        (path,) = installed
+        assert path is not None
+        assert path.received >= 50
         audio_in = received[0]
         assert audio_in.gaps == 0
         assert abs(peak_hz(audio_in.take(4800)) - 440) < 15
@@ -124,5 +310,38 @@ async def test_installs_on_a_real_receiver_and_a_call_still_delivers() -> None:
 
 def test_an_unexpected_receiver_keeps_its_own_path(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, "chatsubo.peer.receiving"):
-        assert use_inline_audio_path(object()) is False
+        assert use_inline_audio_path(object()) is None
     assert "keeping its own audio path" in caplog.text
+
+
+async def bot_events(server: RunningServer, *args: str) -> list[dict[str, Any]]:
+    """What a bot run with ``args`` reported, one JSON event a line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chatsubo.client", "--server", server.url, "--json", *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    return [json.loads(line) for line in stdout.decode().splitlines()]
+
+
+async def test_a_bot_reports_what_it_receives_from_each_peer(server: RunningServer) -> None:
+    talker, listener = await asyncio.gather(
+        bot_events(server, "--name", "Talker", "--audio", "tone:440", "--duration", "6"),
+        bot_events(server, "--name", "Listener", "--audio", "silence", "--duration", "5"),
+    )
+    (talker_id,) = {e["peer"] for e in talker if e["event"] == "joined"}
+    reports = [e for e in listener if e["event"] == "audio"]
+    # Every 2 s while connected, and once more on leaving.
+    assert len(reports) >= 2, listener
+    assert {e["peer"] for e in reports} == {talker_id}
+    fields = {"event", "bot", "ts", "peer", "received", "lost", "concealed", "recovered", "late"}
+    assert all(set(e) == fields for e in reports)
+    received = [e["received"] for e in reports]
+    assert received == sorted(received)
+    last = reports[-1]
+    assert last["received"] >= 100, "two seconds of the talker's voice at least"
+    assert last["lost"] >= last["concealed"] + last["recovered"]
+    # The last report is the link's last word, as the bot leaves.
+    assert [e["event"] for e in listener][-3:] == ["audio", "peer_disconnected", "left"]

@@ -2,6 +2,7 @@
 // Everything other people typed is inserted with textContent, never as HTML.
 
 import { SpatialAudio } from "./audio.js";
+import { forgetFragment, inviteClaims, Invites, readInviteLink } from "./invite.js";
 import { BarMap } from "./map.js";
 import { MeshPeer } from "./mesh.js";
 import { loadProtocol } from "./protocol.js";
@@ -9,7 +10,6 @@ import { SignalingClient } from "./signaling.js";
 import { freeSpot, isFree, loadSpace, zoneAt } from "./space.js";
 
 const NAME_KEY = "chatsubo.name";
-const DEFAULT_ROOM = "chatsubo-main";
 /** How long a voice counts as speaking after it was last heard (ms). */
 const SPEAKING_HOLD = 1000;
 /** How long to wait for a newcomer's zone before announcing them without it (ms). */
@@ -40,6 +40,13 @@ function joinErrorText(error, roomId, rules) {
       return "Can't reach the Chatsubo server. Check that it is running and that you are online.";
     case "rate_limited":
       return "Too many tries at once. Wait a moment, then try again.";
+    case "unauthorized": {
+      // The server's words say which door and why; say what to do about it.
+      const words = error.message.charAt(0).toUpperCase() + error.message.slice(1);
+      return error.message.includes("invite does not open")
+        ? `${words}. Ask the bar's host for a new invite link.`
+        : `${words}.`;
+    }
     case "bad_message":
       if (error.message.includes("$.roomId")) {
         return `Room names are 1 to ${rules.roomIdMaxChars} letters, digits, dots, dashes or underscores, with no spaces.`;
@@ -91,6 +98,7 @@ class Lobby {
   constructor(signaling, enter) {
     this.signaling = signaling;
     this.enter = enter;
+    this.invites = new Invites(localStorage);
     this.lastAttempt = null;
     this.busy = false;
     /** Connected, with a room list fresh since: only then can anyone join. */
@@ -101,6 +109,9 @@ class Lobby {
     this.room.maxLength = signaling.rules.roomIdMaxChars;
     this.name.value = localStorage.getItem(NAME_KEY) ?? `Guest ${Math.floor(100 + Math.random() * 900)}`;
     this.name.addEventListener("change", () => localStorage.setItem(NAME_KEY, this.name.value.trim()));
+    this.room.value = signaling.rules.defaultRoom;
+    this._openLink();
+    this.room.addEventListener("input", () => this._renderFixedName());
     $("join-form").addEventListener("submit", (event) => {
       event.preventDefault();
       this.join(this.room.value.trim());
@@ -120,26 +131,55 @@ class Lobby {
     signaling.on("retrying", () => this.renderStatus("reconnecting"));
   }
 
+  /**
+   * A deep link (`/?room=NAME`) fills in the room; an invite link also holds
+   * the invite, which is kept for that room and taken out of the address bar.
+   */
+  _openLink() {
+    const link = readInviteLink(window.location);
+    if (link.token !== null) {
+      const room = this.invites.keep(link.token, link.room);
+      forgetFragment(window.history, window.location);
+      if (link.room === null && room !== "*") this.room.value = room;
+    }
+    if (link.room !== null) this.room.value = link.room;
+    this._renderFixedName();
+  }
+
+  _roomId() {
+    return this.room.value.trim() || this.signaling.rules.defaultRoom;
+  }
+
+  /** An invite that fixes the name shows it, and the name can't be changed. */
+  _renderFixedName() {
+    const token = this.invites.forRoom(this._roomId());
+    const fixed = token === null ? null : inviteClaims(token)?.name;
+    this.name.readOnly = Boolean(fixed);
+    if (fixed) this.name.value = fixed;
+  }
+
   show() {
     $("lobby").hidden = false;
     this.setBusy(false);
-    this.signaling.watchRooms();
+    this.signaling.watchRooms(this.invites.forRoom(this._roomId()));
     this.renderStatus(this.signaling.connectionState);
   }
 
   async join(roomId) {
     const name = this.name.value.trim();
-    localStorage.setItem(NAME_KEY, name);
+    if (!this.name.readOnly) localStorage.setItem(NAME_KEY, name);
     this.lastAttempt = roomId;
     this.hideError();
     this.setBusy(true);
+    const target = roomId || this.signaling.rules.defaultRoom;
     try {
-      await this.enter(roomId || DEFAULT_ROOM, name);
+      await this.enter(target, name, this.invites.forRoom(target));
       this.lastAttempt = null;
       this.signaling.unwatchRooms();
       $("lobby").hidden = true;
     } catch (error) {
-      showError(error.code ?? "error", joinErrorText(error, roomId, this.signaling.rules));
+      if (error.code === "unauthorized") this.invites.forget(target);
+      showError(error.code ?? "error", joinErrorText(error, target, this.signaling.rules));
     } finally {
       this.setBusy(false);
     }
@@ -183,11 +223,21 @@ class Lobby {
     if (state === "connected" && $("lobby-error").dataset.code === "unreachable") this.hideError();
   }
 
+  _emptyWords() {
+    if (!this.signaling.inviteOnly) return "Nobody is in yet. Be the first: join any room.";
+    const room = this._roomId();
+    return this.invites.forRoom(room) === null
+      ? "This bar is invite-only. To come in, open the invite link its host gave you."
+      : `Nobody is in ${room} yet. Your invite opens it: join.`;
+  }
+
   renderRooms(rooms) {
     const list = $("rooms");
+    // Nobody opens a room of an invite-only bar without an invite to it.
+    $("create").hidden = this.signaling.inviteOnly;
     this.online = this.signaling.connectionState === "connected";
     if (rooms.length === 0) {
-      list.replaceChildren(make("li", "Nobody is in yet. Be the first: join any room.", "empty"));
+      list.replaceChildren(make("li", this._emptyWords(), "empty"));
       this._renderDoors();
       return;
     }
@@ -220,11 +270,13 @@ class Lobby {
 
 /** One room visit: the mesh, the map, the voices and the chat. */
 class Room {
-  constructor(space, signaling, roomId, name) {
+  constructor(space, signaling, roomId, name, token) {
     this.space = space;
     this.signaling = signaling;
     this.roomId = roomId;
     this.name = name;
+    /** The room's invite, on an invite-only server. */
+    this.token = token;
     this.audio = new SpatialAudio(space.distanceModel);
     this.peer = new MeshPeer(signaling, space.peer);
     this.map = null;
@@ -247,7 +299,9 @@ class Room {
     const microphone = openMicrophone();
     this._listen();
     try {
-      await this.signaling.join(this.roomId, this.name);
+      const joined = await this.signaling.join(this.roomId, this.name, this.token);
+      // The invite may fix the name; the server says which.
+      this.name = joined.name ?? this.name;
     } catch (error) {
       this.close();
       microphone.then(({ track }) => track?.stop());
@@ -543,8 +597,8 @@ async function main() {
   }
   const signaling = new SignalingClient(protocol);
   let room = null;
-  const lobby = new Lobby(signaling, async (roomId, name) => {
-    const visit = new Room(space, signaling, roomId, name);
+  const lobby = new Lobby(signaling, async (roomId, name, token) => {
+    const visit = new Room(space, signaling, roomId, name, token);
     await visit.enter();
     room = visit;
   });

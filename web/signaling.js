@@ -48,6 +48,10 @@ export class SignalingClient extends Emitter {
     this.peerId = null;
     this.resumeToken = null;
     this.iceServers = [];
+    /** Whether every join needs an invite (`chatsubo serve --require-token`), as welcome says. */
+    this.inviteOnly = false;
+    /** The invite the lobby shows rooms for, sent again after every reconnect. */
+    this._watchToken = null;
     /** Our zone, told again after every rejoin: a restarted server has forgotten it. */
     this.zone = null;
     /** The room we are in, or joining; rejoined after every reconnect. */
@@ -104,19 +108,20 @@ export class SignalingClient extends Emitter {
    * Enter a room; resolves with the `peer_list` message.
    *
    * Rejects with a SignalingError: the server's refusal (`room_full`,
-   * `bad_message` for a bad name) or `unreachable` when the server cannot be
-   * reached right now. The socket keeps trying to reconnect either way.
+   * `unauthorized` without a valid invite, `bad_message` for a bad name) or
+   * `unreachable` when the server cannot be reached right now. The socket
+   * keeps trying to reconnect either way. `token` is the room's invite, if any.
    */
-  join(roomId, name) {
+  join(roomId, name, token = null) {
     if (this.room !== null) {
       return Promise.reject(new SignalingError("already_joined", "already in a room"));
     }
-    this.room = { roomId, name };
+    this.room = { roomId, name, token };
     const joined = new Promise((resolve, reject) => {
       this._pendingJoin = { resolve, reject };
     });
     if (this.connectionState === "connected") {
-      this._write({ type: "join", roomId, name });
+      this._write(this._joinMessage(null));
       this._joining = true;
     } else {
       // Sent on the next welcome; a failed attempt refuses it as unreachable.
@@ -148,10 +153,28 @@ export class SignalingClient extends Emitter {
     return this._send({ type: "update", ...fields });
   }
 
-  /** Receive the lobby's room list as `rooms` events, now and after every reconnect. */
-  watchRooms() {
+  /**
+   * Receive the lobby's room list as `rooms` events, now and after every
+   * reconnect; an invite-only server lists the rooms the invite `token` opens.
+   */
+  watchRooms(token = null) {
     this._watching = true;
-    this._send({ type: "watch_rooms" });
+    this._watchToken = token;
+    this._send(this._watchMessage());
+  }
+
+  _watchMessage() {
+    return this._watchToken === null
+      ? { type: "watch_rooms" }
+      : { type: "watch_rooms", token: this._watchToken };
+  }
+
+  _joinMessage(resume) {
+    const { roomId, name, token } = this.room;
+    const join = { type: "join", roomId, name };
+    if (resume !== null) join.resume = resume;
+    if (token !== null) join.token = token;
+    return join;
   }
 
   unwatchRooms() {
@@ -214,20 +237,18 @@ export class SignalingClient extends Emitter {
   _greeted(welcome) {
     this.iceServers = welcome.iceServers;
     this._grace = welcome.limits.grace;
+    this.inviteOnly = welcome.inviteOnly ?? false;
     this._lastError = null;
     if (this.resumeToken === null) this.peerId = welcome.peerId;
     // In the lobby the outage is over now; in a room, once the rejoin succeeds.
     if (this.room === null) this._outageOver();
     this._lastHeard = Date.now();
     this._pingTimer = setInterval(() => this._ping(), this.rules.pingInterval * 1000);
-    if (this._watching) this._write({ type: "watch_rooms" });
+    if (this._watching) this._write(this._watchMessage());
     if (this.room === null) {
       this._setState("connected");
     } else {
-      const { roomId, name } = this.room;
-      const join = { type: "join", roomId, name };
-      if (this.resumeToken !== null) join.resume = this.resumeToken;
-      this._joining = this._write(join);
+      this._joining = this._write(this._joinMessage(this.resumeToken));
     }
   }
 
@@ -262,6 +283,8 @@ export class SignalingClient extends Emitter {
         this._joining = false;
         this.peerId = message.peerId;
         this.resumeToken = message.resumeToken ?? this.resumeToken;
+        // The invite fixed our name: the server's word is the one the room sees.
+        if (message.name !== undefined) this.room.name = message.name;
         this._setState("connected");
         this._outageOver();
         if (this.zone !== null) this._write({ type: "update", zone: this.zone });
@@ -301,7 +324,7 @@ export class SignalingClient extends Emitter {
     }
     if (error.code === "bad_resume") {
       this.resumeToken = null;
-      this._write({ type: "join", roomId: this.room.roomId, name: this.room.name });
+      this._write(this._joinMessage(null));
       return;
     }
     this._joining = false;

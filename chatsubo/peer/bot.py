@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -32,9 +33,14 @@ from .audio import (
     parse_source,
 )
 from .mesh import MeshPeer
-from .signaling import DEFAULT_URL, SignalingError, SignalingOptions, websocket_url
+from .receiving import InlineAudioPath
+from .route import selected_route
+from .signaling import DEFAULT_URL, SignalingError, SignalingOptions, read_invite, websocket_url
 
 logger = logging.getLogger("chatsubo.bot")
+
+#: How often the ``audio`` event reports each connected peer's receive counters.
+AUDIO_REPORT_SECONDS = 2.0
 
 
 @dataclass
@@ -58,6 +64,8 @@ class BotOptions:
     say: str | None
     every: float
     echo: bool
+    #: The invite the room needs, on a server run with ``--require-token``.
+    token: str | None = None
 
 
 class Bot:
@@ -72,6 +80,7 @@ class Bot:
             options.name,
             SignalingOptions(urls=options.servers, insecure=options.insecure),
             audio=self.audio,
+            token=options.token,
         )
         self.mixer = SpatialMixer(listener=options.position)
         self.position = options.position
@@ -83,7 +92,11 @@ class Bot:
         self._unplaced: set[str] | None = None
         self._sinks: list[WavRecorder | Speaker] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self.peer.on("peerconnected", lambda pid: self._report("peer_connected", peer=pid))
+        #: Each peer's current receive path, and which peers are connected now.
+        self._receiving: dict[str, InlineAudioPath] = {}
+        self._connected: set[str] = set()
+        self.peer.on("peerconnected", self._connected.add)
+        self.peer.on("peerconnected", self._on_connected)
         self.peer.on("peerdisconnected", self._on_gone)
         self.peer.on("chat", self._on_chat)
         self.peer.on("position", self._on_position)
@@ -120,12 +133,43 @@ class Bot:
 
     # --- events ------------------------------------------------------------------
 
+    def _on_connected(self, peer_id: str) -> None:
+        """Report the link, with the candidate types and addresses it took (or None)."""
+        link = self.peer.links.get(peer_id)
+        route = None if link is None else selected_route(link.pc)
+        self._report(
+            "peer_connected",
+            peer=peer_id,
+            local=route and route.local,
+            remote=route and route.remote,
+            local_address=route and route.local_address,
+            remote_address=route and route.remote_address,
+        )
+
     def _on_gone(self, peer_id: str) -> None:
         self.mixer.remove(peer_id)
+        path = self._receiving.pop(peer_id, None)
+        if peer_id in self._connected and path is not None:
+            # The link's last word: what came through since the last report.
+            self._report_audio(peer_id, path)
+        self._connected.discard(peer_id)
         self._report("peer_disconnected", peer=peer_id)
+
+    def _report_audio(self, peer_id: str, path: InlineAudioPath) -> None:
+        self._report("audio", peer=peer_id, **dataclasses.asdict(path.stats()))
+
+    async def _audio_reports(self) -> None:
+        while True:
+            await asyncio.sleep(AUDIO_REPORT_SECONDS)
+            for peer_id in sorted(self._connected):
+                path = self._receiving.get(peer_id)
+                if path is not None:
+                    self._report_audio(peer_id, path)
 
     def _on_audio(self, peer_id: str, audio_in: AudioIn) -> None:
         link = self.peer.links.get(peer_id)
+        if link is not None and link.audio_path is not None:
+            self._receiving[peer_id] = link.audio_path
         where = (
             None if link is None or link.position is None else (link.position.x, link.position.y)
         )
@@ -210,6 +254,7 @@ class Bot:
         self._report("joined", peer=self.peer.peer_id, room=self.options.room)
         zone = self.move(*self.position)
         await self._tell_zone(zone)
+        self._tasks.append(asyncio.create_task(self._audio_reports()))
         if self.options.wander:
             self._tasks.append(asyncio.create_task(self._wander()))
         if self.options.say:
@@ -291,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
         "peer to peer, speaks (a tone by default), and stays until Ctrl-C.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--room", default="chatsubo-main", help="room to join")
+    parser.add_argument(
+        "--room",
+        help=f"room to join (default: the invite link's, else {p.CLIENT_RULES.default_room})",
+        default=argparse.SUPPRESS,
+    )
     parser.add_argument(
         "--server",
         action="append",
@@ -300,9 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
         # parse_args() fills it in when no --server is given.
         default=argparse.SUPPRESS,
         metavar="URL",
-        help="the page's URL (http://host:8080) or the socket's (ws://host:8080/ws); give "
-        "--server several times to fail over to the next when one goes away "
-        f"(default: {DEFAULT_URL})",
+        help="the page's URL (http://host:8080), the socket's (ws://host:8080/ws), or an "
+        "invite link (https://host/?room=NAME#token=...); give --server several times to "
+        f"fail over to the next when one goes away (default: {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help="the invite a room of a server run with --require-token needs "
+        "(default: the invite link's)",
     )
     parser.add_argument(
         "--insecure", action="store_true", help="accept a self-signed TLS certificate"
@@ -342,9 +397,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The bot's command line, with the default server when no ``--server`` is given."""
+    """The bot's command line: the default server when no ``--server`` is given, and
+    the room and token from an invite link given as ``--server`` unless named themselves."""
     args = build_parser().parse_args(argv)
     args.servers = getattr(args, "servers", [DEFAULT_URL])
+    invites = [read_invite(url) for url in args.servers]
+    links = [invite.room for invite in invites if invite.room]
+    args.room = getattr(args, "room", links[0] if links else p.CLIENT_RULES.default_room)
+    tokens = [invite.token for invite in invites if invite.token]
+    args.token = getattr(args, "token", tokens[0] if tokens else None)
     return args
 
 
@@ -361,6 +422,7 @@ def _bot_options(args: argparse.Namespace, index: int, others: list[Point]) -> B
         room=args.room,
         name=name,
         servers=args.servers,
+        token=args.token,
         insecure=args.insecure,
         audio=args.audio,
         # Random, so that bots in separate processes also differ in pitch.
@@ -411,7 +473,13 @@ async def run(args: argparse.Namespace) -> int:
         if starting.done():
             starting.result()
             await stopping
-    except (SignalingError, AudioUnavailable, ValueError, OSError) as exc:
+    except SignalingError as exc:
+        hint = ""
+        if exc.code == p.ErrorCode.UNAUTHORIZED:
+            hint = " (give the invite link as --server, or its token as --token)"
+        print(f"chatsubo.client: {exc}{hint}", file=sys.stderr)
+        return 1
+    except (AudioUnavailable, ValueError, OSError) as exc:
         print(f"chatsubo.client: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -35,7 +35,7 @@ from .. import channels
 from .. import protocol as p
 from ..space import BAR
 from .audio import AudioIn, AudioOut
-from .receiving import use_inline_audio_path
+from .receiving import InlineAudioPath, use_inline_audio_path
 from .signaling import SignalingClient, SignalingOptions
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class Link:
     chat: RTCDataChannel | None = None
     state: RTCDataChannel | None = None
     audio_in: AudioIn | None = None
+    #: What decodes the remote audio on arrival, and counts what was lost (None
+    #: with ``PeerOptions.inline_audio`` off); it goes with the connection.
+    audio_path: InlineAudioPath | None = None
     signals: asyncio.Queue[p.PeerSignal] = field(default_factory=asyncio.Queue)
     #: Candidates that came before the remote description; None is the end of them.
     pending_candidates: list[p.IceCandidate | None] = field(default_factory=list)
@@ -111,10 +114,11 @@ class MeshPeer(AsyncIOEventEmitter):
         signaling: SignalingOptions | None = None,
         options: PeerOptions | None = None,
         audio: AudioOut | None = None,
+        token: str | None = None,
     ) -> None:
         super().__init__()
         self.options = options or PeerOptions()
-        self.signaling = SignalingClient(room_id, name, signaling)
+        self.signaling = SignalingClient(room_id, name, signaling, token)
         self.links: dict[str, Link] = {}
         #: Peers the server says are in the room (or were, before an outage).
         self.present: dict[str, str] = {}
@@ -369,7 +373,7 @@ class MeshPeer(AsyncIOEventEmitter):
                 if self.options.inline_audio:
                     for receiver in pc.getReceivers():
                         if receiver.track is track:
-                            use_inline_audio_path(receiver)
+                            link.audio_path = use_inline_audio_path(receiver)
                 # Read even if nobody listens: aiortc queues unread frames forever.
                 link.audio_in = AudioIn(track, link.name)
                 self.emit("audio", link.peer_id, link.audio_in)
@@ -430,6 +434,7 @@ class MeshPeer(AsyncIOEventEmitter):
         """Give a link a fresh connection and channels."""
         old, audio_in = link.pc, link.audio_in
         link.pc, link.chat, link.state, link.audio_in = self._new_connection(), None, None, None
+        link.audio_path = None
         link.pending_candidates = []
         self._wire(link)
         self._spawn(self._watchdog(link, link.pc), link)

@@ -29,7 +29,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_URL = "http://127.0.0.1:8080"
 
 #: Join errors that no amount of retrying will fix.
-_FINAL_JOIN_ERRORS = frozenset({p.ErrorCode.BAD_MESSAGE, p.ErrorCode.BAD_ORIGIN})
+_FINAL_JOIN_ERRORS = frozenset(
+    {p.ErrorCode.BAD_MESSAGE, p.ErrorCode.BAD_ORIGIN, p.ErrorCode.UNAUTHORIZED}
+)
 
 
 def websocket_url(url: str) -> str:
@@ -40,6 +42,21 @@ def websocket_url(url: str) -> str:
         raise ValueError(f"{url!r} is not an http(s):// or ws(s):// URL")
     path = parsed.path if parsed.path.endswith("/ws") else parsed.path.rstrip("/") + "/ws"
     return str(parsed.with_scheme(scheme).with_path(path).with_query(None).with_fragment(None))
+
+
+@dataclass(frozen=True)
+class InviteLink:
+    """What an invite link (``https://host/?room=NAME#token=...``) carries besides the server."""
+
+    room: str | None
+    token: str | None
+
+
+def read_invite(url: str) -> InviteLink:
+    """The room and token an invite link names, as ``chatsubo token`` prints it."""
+    parsed = URL(url if "://" in url else f"http://{url}")
+    fragment = URL(f"?{parsed.fragment}").query
+    return InviteLink(parsed.query.get("room"), fragment.get("token"))
 
 
 async def _write(ws: aiohttp.ClientWebSocketResponse, message: p.ClientMessage) -> None:
@@ -88,12 +105,20 @@ class SignalingClient(AsyncIOEventEmitter):
     sent had we been there.
     """
 
-    def __init__(self, room_id: str, name: str, options: SignalingOptions | None = None) -> None:
+    def __init__(
+        self,
+        room_id: str,
+        name: str,
+        options: SignalingOptions | None = None,
+        token: str | None = None,
+    ) -> None:
+        """Join ``room_id`` as ``name``, with the invite ``token`` if the room needs one."""
         super().__init__()
         if not p.is_valid_room_id(room_id):
             raise ValueError(f"room name {room_id!r} must be 1-64 of A-Z a-z 0-9 . _ -")
         self.room_id = room_id
         self.name = name
+        self.token = token
         self.options = options or SignalingOptions()
         if not self.options.urls:
             raise ValueError("no server URL to connect to")
@@ -279,7 +304,7 @@ class SignalingClient(AsyncIOEventEmitter):
                 case p.Welcome():
                     self.ice_servers = message.ice_servers
                     self._grace = message.limits.grace
-                    join = p.Join(room_id=self.room_id, name=self.name, resume=self.resume_token)
+                    join = self._join(self.resume_token)
                     if self.resume_token is None:
                         self.peer_id, self.resume_token = message.peer_id, message.resume_token
                     await _write(ws, join)
@@ -287,6 +312,7 @@ class SignalingClient(AsyncIOEventEmitter):
                     joined = True
                     self.peer_id = message.peer_id
                     self.resume_token = message.resume_token or self.resume_token
+                    self.name = message.name or self.name
                     self._set_state("connected")
                     if self.zone is not None:
                         await _write(ws, p.Update(zone=self.zone))
@@ -314,6 +340,9 @@ class SignalingClient(AsyncIOEventEmitter):
                 case _:
                     self.emit(str(message.__struct_config__.tag), message)
         return joined
+
+    def _join(self, resume: str | None) -> p.Join:
+        return p.Join(room_id=self.room_id, name=self.name, resume=resume, token=self.token)
 
     # --- who is in the room --------------------------------------------------------
 
@@ -349,7 +378,7 @@ class SignalingClient(AsyncIOEventEmitter):
         if error.code is p.ErrorCode.BAD_RESUME:
             logger.info("resume token refused; joining as a new peer")
             self.resume_token = None
-            await _write(ws, p.Join(room_id=self.room_id, name=self.name))
+            await _write(ws, self._join(None))
             return
         if error.code is p.ErrorCode.UNAVAILABLE:
             # The server closes with 1013 next, and we try again after a while.

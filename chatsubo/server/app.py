@@ -141,10 +141,15 @@ async def _refuse(
 
 
 async def rooms(request: web.Request) -> web.Response:
-    """The lobby's room list, the same as the ``rooms`` message."""
+    """The lobby's room list, the same as the ``rooms`` message.
+
+    On an invite-only server, an invite as ``Authorization: Bearer TOKEN``
+    shows the rooms it opens.
+    """
     hub = request.app[HUB]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     try:
-        listed = await hub.room_list()
+        listed = await hub.room_list(token if scheme.lower() == "bearer" and token else None)
     except Unavailable as exc:
         return _unavailable(exc)
     return web.Response(body=p.encode(p.Rooms(rooms=listed)), content_type=_JSON)

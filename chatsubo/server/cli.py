@@ -1,4 +1,5 @@
-"""The ``chatsubo`` command: ``chatsubo serve`` runs the signaling server and the page."""
+"""The ``chatsubo`` command: ``chatsubo serve`` runs the signaling server and the page;
+``chatsubo token`` makes invite links to its rooms."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import asyncio
 import logging
 import ssl
 import sys
+import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
 from .. import __version__
+from .. import protocol as p
 from ..commandline import (
     add_log_level,
     configure_logging,
@@ -24,13 +27,13 @@ from ..commandline import (
 from ..protocol import IceServer
 from .app import create_app
 from .config import ServerConfig
-from .identity import SECRET_ENV, default_state_dir, load_secret
+from .identity import ANY_ROOM, SECRET_ENV, TokenSigner, default_state_dir, load_secret
 from .tls import local_addresses, self_signed_certificate, server_context
 from .turn import TurnCredentials
 
 logger = logging.getLogger("chatsubo")
 
-_COMMANDS = ("serve",)
+_COMMANDS = ("serve", "token")
 
 
 def _ice_url(text: str) -> str:
@@ -67,6 +70,48 @@ def _udp_port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number from 1 to 65535")
     return port
+
+
+def _invited_room(text: str) -> str:
+    if text != ANY_ROOM and not p.is_valid_room_id(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a room name (1 to {p.ROOM_ID_MAX_CHARS} letters, digits, dots, "
+            "dashes or underscores) nor '*' for every room"
+        )
+    return text
+
+
+def _fixed_name(text: str) -> str:
+    problem = p.text_problem(text, "a name", p.NAME_MAX_CHARS)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _page_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not the page's http:// or https:// URL (e.g. https://bar.example)"
+        )
+    return text
+
+
+def _add_secret_options(parser: argparse.ArgumentParser) -> None:
+    """Where the server's secret comes from: the same for ``serve`` and ``token``."""
+    parser.add_argument(
+        "--secret-file",
+        type=Path,
+        help=f"file holding the secret that signs resume tokens and invites; else ${SECRET_ENV}, "
+        "else one generated once in the state directory",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="where the generated secret and self-signed certificate are kept "
+        "(default: %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,17 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra page origin allowed to connect, e.g. https://bar.example (repeatable; "
         "'*' allows any). Same-origin pages and clients without an Origin are always allowed",
     )
+    _add_secret_options(serve)
     serve.add_argument(
-        "--secret-file",
-        type=Path,
-        help=f"file holding the resume-token secret; else ${SECRET_ENV}, "
-        "else one generated once in the state directory",
-    )
-    serve.add_argument(
-        "--state-dir",
-        type=Path,
-        default=default_state_dir(),
-        help="where the generated secret and self-signed certificate are kept",
+        "--require-token",
+        action="store_true",
+        help="invite-only: every join needs an invite for its room, made with "
+        "'chatsubo token'; the lobby shows a room only to those invited to it",
     )
     tls = serve.add_mutually_exclusive_group()
     tls.add_argument("--tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this cert")
@@ -195,6 +235,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-uvloop", action="store_true", help="use the standard asyncio event loop"
     )
     add_log_level(serve)
+    token = commands.add_parser(
+        "token",
+        help="print an invite link to a room",
+        description="Print an invite link to a room of a server run with --require-token: "
+        "the page opens that room with it, and a bot takes it as --server. It is signed "
+        "with the server's secret, so give the same --secret-file (or state directory).",
+    )
+    token.add_argument(
+        "--room", required=True, type=_invited_room, help="the room it opens, or '*' for every room"
+    )
+    token.add_argument(
+        "--name", type=_fixed_name, help="the display name its holder must use (default: any)"
+    )
+    token.add_argument(
+        "--ttl", type=duration, default=24 * 3600.0, metavar="DURATION",
+        help="how long the invite lets people in: 90s, 30m, 24h, 7d (default: 24h); "
+        "whoever is inside by then may stay",
+    )  # fmt: skip
+    token.add_argument(
+        "--url",
+        type=_page_url,
+        default="http://127.0.0.1:8080",
+        help="the page's address as guests reach it, e.g. https://bar.example "
+        "(default: %(default)s)",
+    )
+    _add_secret_options(token)
     return parser
 
 
@@ -204,6 +270,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         argv = ["serve", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        return args
     if args.tls_key is not None and args.tls_cert is None:
         parser.error("--tls-key needs --tls-cert")
     if args.tls_cert is not None and args.tls_key is None:
@@ -223,6 +291,28 @@ def _ice_servers(args: argparse.Namespace) -> list[IceServer]:
         else:
             servers.append(IceServer(urls=[url]))
     return servers
+
+
+def invite_link(url: str, room: str, token: str) -> str:
+    """The page at ``url`` opening ``room`` with ``token``, in the fragment servers never see."""
+    room_query = "" if room == ANY_ROOM else f"?room={quote(room)}"
+    return f"{url.rstrip('/')}/{room_query}#token={token}"
+
+
+def make_token(args: argparse.Namespace) -> int:
+    """Print an invite link on stdout, and what it grants on stderr."""
+    try:
+        secret = load_secret(args.secret_file, args.state_dir)
+    except (OSError, ValueError) as exc:
+        print(f"chatsubo: {exc}", file=sys.stderr)
+        return 2
+    token = TokenSigner(secret).invite(args.room, args.name, args.ttl)
+    print(invite_link(args.url, args.room, token))
+    until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + args.ttl))
+    rooms = "every room" if args.room == ANY_ROOM else f"room {args.room}"
+    named = f", as {args.name}" if args.name else ""
+    print(f"chatsubo: this link opens {rooms}{named} until {until}", file=sys.stderr)
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -248,6 +338,7 @@ def serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         secret=secret,
         max_room_size=args.max_room_size,
+        require_token=args.require_token,
         max_connections=args.max_connections,
         ice_servers=_ice_servers(args),
         allowed_origins=args.allow_origin,
@@ -291,4 +382,4 @@ def serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``chatsubo`` console script and ``python -m chatsubo``."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    return serve(args)
+    return make_token(args) if args.command == "token" else serve(args)

@@ -14,6 +14,8 @@ class ServerConfig:
 
     secret: bytes
     max_room_size: int = 10
+    #: Every join needs an invite token for its room (``chatsubo token`` makes them).
+    require_token: bool = False
     #: Handed to every client. Empty means host candidates only: no public STUN
     #: server, which would stall every offer on a machine with no internet.
     ice_servers: list[IceServer] = field(default_factory=list)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .. import protocol as p
 from .backend import RoomBackend, RoomFull, Seated, Unavailable
 from .config import ServerConfig
-from .identity import TokenSigner
+from .identity import ANY_ROOM, Resume, TokenRejected, TokenSigner
 from .memory import MemoryBackend
 from .metrics import Metrics
 from .rooms import Member
@@ -91,9 +91,26 @@ class Hub:
         """The peers whose connection is here, or was here until it dropped a moment ago."""
         return self._live.keys() | self._expiry.keys()
 
-    async def room_list(self) -> list[p.RoomInfo]:
-        """Every room with its counts, sorted by name."""
-        return await self.backend.room_list(self.config.max_room_size)
+    async def room_list(self, token: str | None = None) -> list[p.RoomInfo]:
+        """The rooms the lobby shows with ``token``, with their counts, sorted by name.
+
+        That is every room, except on an invite-only server: there only the
+        rooms the invite opens.
+        """
+        rooms = await self.backend.room_list(self.config.max_room_size)
+        return self._visible(rooms, self.opens(token))
+
+    def opens(self, token: str | None) -> str | None:
+        """Which rooms the lobby shows with ``token``: ``*`` for all, else one, or none."""
+        if not self.config.require_token:
+            return ANY_ROOM
+        return None if token is None else self.signer.opens(token)
+
+    @staticmethod
+    def _visible(rooms: list[p.RoomInfo], opens: str | None) -> list[p.RoomInfo]:
+        if opens == ANY_ROOM:
+            return rooms
+        return [room for room in rooms if room.room_id == opens]
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -172,6 +189,7 @@ class Hub:
             resume_token=self.signer.issue(session.peer_id),
             ice_servers=self._ice_servers_for(session),
             limits=self.limits,
+            invite_only=self.config.require_token,
         )
 
     def ice_servers(self, session: Session) -> list[p.IceServer]:
@@ -292,20 +310,23 @@ class Hub:
                 f"already in room {session.room_id}; send leave first",
             )
         peer_id = session.peer_id
+        resume = None
         if msg.resume is not None:
-            claimed = self.signer.verify(msg.resume)
-            if claimed is None:
+            resume = self.signer.verify(msg.resume)
+            if resume is None:
                 raise p.ProtocolError(
                     p.ErrorCode.BAD_RESUME, "resume token is invalid or expired; join without it"
                 )
-            peer_id = claimed
+            peer_id = resume.peer_id
+        fixed_name = self._admit(msg, resume)
+        name = msg.name if fixed_name is None else fixed_name
         previous, own_id = self._live.get(peer_id), session.peer_id
         # Events for the room that arrive while the backend seats us are kept
         # for the session until it has its peer list (Session.early).
         session.peer_id, session.room_id = peer_id, msg.room_id
         self._rooms.setdefault(msg.room_id, {})[peer_id] = session
         try:
-            seated = await self._after(peer_id, self._seat(peer_id, msg))
+            seated = await self._after(peer_id, self._seat(peer_id, msg, name))
         except BaseException:
             self._unseat(session)
             session.peer_id = own_id
@@ -314,6 +335,7 @@ class Hub:
             raise
         self._stop_holding(peer_id)
         self._live[peer_id] = session
+        session.fixed_name = fixed_name
         if previous is not None and previous is not session:
             self._unseat(previous)
             previous.end(p.CloseCode.REPLACED, "replaced by a newer connection")
@@ -322,7 +344,8 @@ class Hub:
                 room_id=msg.room_id,
                 peer_id=peer_id,
                 peers=[m.info() for m in seated.others],
-                resume_token=self.signer.issue(peer_id),
+                resume_token=self.signer.issue(peer_id, msg.room_id, fixed_name),
+                name=fixed_name,
             )
         )
         session.since = seated.seq
@@ -332,22 +355,44 @@ class Hub:
         session.early.clear()
         self.metrics.join_latency.observe(time.perf_counter() - started)
 
-    async def _seat(self, peer_id: str, msg: p.Join) -> Seated:
-        """Seat ``peer_id`` in the room ``msg`` asks for, wherever it was before."""
+    def _admit(self, msg: p.Join, resume: Resume | None) -> str | None:
+        """Check that the joiner may enter ``msg.room_id``; the display name it must use, if any.
+
+        On an invite-only server that takes an invite to the room, or a
+        resume token from a seat in it, which keeps the name the invite fixed.
+        Elsewhere invites are not looked at: an old link still works.
+        """
+        if not self.config.require_token:
+            return None
+        room = msg.room_id
+        if resume is not None and resume.room == room:
+            return resume.name
+        if msg.token is None:
+            raise p.ProtocolError(
+                p.ErrorCode.UNAUTHORIZED,
+                f"room {room} is invite-only: join with an invite link from the bar's host",
+            )
+        try:
+            return self.signer.admit(msg.token, room).name
+        except TokenRejected as exc:
+            raise p.ProtocolError(
+                p.ErrorCode.UNAUTHORIZED, f"the invite does not open room {room}: {exc}"
+            ) from None
+
+    async def _seat(self, peer_id: str, msg: p.Join, name: str) -> Seated:
+        """Seat ``peer_id`` as ``name`` in the room ``msg`` asks for, wherever it was before."""
         backend = self.backend
         resumed = msg.resume is not None
         member = await backend.find(peer_id) if resumed else None
         if member is not None and member.room_id == msg.room_id:
-            seated = await backend.reattach(peer_id, msg.name)
+            seated = await backend.reattach(peer_id, name)
             if seated is not None:
                 logger.info("peer %s resumed in %s", peer_id, msg.room_id)
                 return seated
         capacity = self.config.max_room_size
         try:
             seated = await backend.seat(
-                Member(
-                    peer_id=peer_id, name=msg.name, room_id=msg.room_id, owner=backend.instance_id
-                ),
+                Member(peer_id=peer_id, name=name, room_id=msg.room_id, owner=backend.instance_id),
                 capacity,
                 resumed,
             )
@@ -355,7 +400,7 @@ class Hub:
             raise p.ProtocolError(
                 p.ErrorCode.ROOM_FULL, f"room {msg.room_id} is full ({capacity} people)"
             ) from None
-        logger.info("peer %s (%s) joined %s", peer_id, msg.name, msg.room_id)
+        logger.info("peer %s (%s) joined %s", peer_id, name, msg.room_id)
         return seated
 
     async def leave(self, session: Session) -> None:
@@ -374,6 +419,11 @@ class Hub:
     async def update(self, session: Session, msg: p.Update) -> None:
         """Change a member's name or zone and tell the room."""
         member = self._seat_of(session)
+        fixed = session.fixed_name
+        if fixed is not None and isinstance(msg.name, str) and msg.name != fixed:
+            raise p.ProtocolError(
+                p.ErrorCode.UNAUTHORIZED, f"your invite fixes your name as {fixed}"
+            )
         await self.backend.update(member.peer_id, name=msg.name, zone=msg.zone)
 
     async def relay(self, session: Session, msg: p.Signal) -> None:
@@ -427,10 +477,12 @@ class Hub:
 
     # --- lobby ---------------------------------------------------------------
 
-    async def watch(self, session: Session) -> None:
-        """Send the room list now and on every change."""
+    async def watch(self, session: Session, msg: p.WatchRooms) -> None:
+        """Send the room list (what ``msg.token`` opens of it) now and on every change."""
+        session.lobby = self.opens(msg.token)
         self._watchers.add(session)
-        session.send_message(p.Rooms(rooms=await self.room_list()))
+        rooms = await self.backend.room_list(self.config.max_room_size)
+        session.send_message(p.Rooms(rooms=self._visible(rooms, session.lobby)))
 
     def unwatch(self, session: Session) -> None:
         """Stop sending the room list to ``session``."""
@@ -443,8 +495,14 @@ class Hub:
             self._lobby_dirty.clear()
             if self._watchers:
                 try:
-                    data = p.encode(p.Rooms(rooms=await self.room_list()))
+                    rooms = await self.backend.room_list(self.config.max_room_size)
+                    # One frame for each view of the list: on an open server, one for all.
+                    frames: dict[str | None, bytes] = {}
                     for watcher in list(self._watchers):
+                        data = frames.get(watcher.lobby)
+                        if data is None:
+                            visible = self._visible(rooms, watcher.lobby)
+                            data = frames[watcher.lobby] = p.encode(p.Rooms(rooms=visible))
                         watcher.send(data)
                 except Unavailable as exc:
                     logger.debug("room list not sent: %s", exc)

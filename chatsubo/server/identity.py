@@ -1,25 +1,42 @@
-"""Peer identity: unguessable peer ids and the signed tokens that reclaim them.
+"""Peer identity and the doors to rooms: peer ids, resume tokens and invite tokens.
 
-A resume token proves that its holder was once given a peer id by a server
-holding the same secret. Because the secret outlives the process, a client can
-rejoin under its old id after a drop or a server restart.
+Both kinds of token are JWTs (HS256, made and checked by PyJWT) signed with a
+key derived from the server's secret. A ``use`` claim says which kind a token
+is, so that one can never pass as the other:
+
+- a **resume** token proves that its holder was given a peer id (and, once
+  seated, a room and name) by a server holding the same secret. Because the
+  secret outlives the process, a client can rejoin under its old id after a
+  drop or a server restart;
+- an **invite** (access) token lets its holder into one room, or any with
+  ``*``, perhaps under a fixed display name, until it expires.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import logging
 import os
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
+
+import jwt
 
 logger = logging.getLogger(__name__)
 
 SECRET_ENV = "CHATSUBO_SECRET"
-_SIGNATURE_BYTES = 16
+#: The ``room`` claim of an invite to every room.
+ANY_ROOM: Final = "*"
+_ALGORITHM: Final = "HS256"
+_RESUME: Final = "resume"
+_INVITE: Final = "invite"
+_KINDS: Final = {_RESUME: "a resume token", _INVITE: "an invite"}
+#: Clocks of the server that made a token and the one checking it may differ this much.
+_LEEWAY: Final = 60.0
 
 
 def new_peer_id() -> str:
@@ -27,38 +44,112 @@ def new_peer_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+class TokenRejected(ValueError):
+    """A token that does not open this door; the message says why in plain words."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What a valid resume token proves: a peer id, and where it sat as whom, if it did."""
+
+    peer_id: str
+    room: str | None = None
+    #: The display name an invite fixed, which a resume keeps.
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Invite:
+    """What a valid invite token grants: a room (or ``*``), perhaps under a fixed name."""
+
+    room: str
+    name: str | None = None
+
+
 class TokenSigner:
-    """Issues and verifies resume tokens of the form ``peerId.issuedAt.signature``."""
+    """Issues and checks resume and invite tokens with one server secret."""
 
     def __init__(self, secret: bytes, max_age: float = 7 * 24 * 3600) -> None:
         if not secret:
             raise ValueError("the token secret must not be empty")
-        self._secret = secret
+        # HMAC-SHA256 of the secret: a 32-byte key whatever the secret's length
+        # (PyJWT warns about shorter HMAC keys), and one kept for tokens alone.
+        self._key = hmac.new(secret, b"chatsubo tokens", hashlib.sha256).digest()
         self.max_age = max_age
 
-    def _sign(self, payload: str) -> str:
-        digest = hmac.new(self._secret, payload.encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest[:_SIGNATURE_BYTES]).rstrip(b"=").decode()
-
-    def issue(self, peer_id: str, now: float | None = None) -> str:
-        """A token that lets its holder reclaim ``peer_id``."""
+    def _encode(self, claims: dict[str, Any], now: float | None, ttl: float) -> str:
         issued = int(time.time() if now is None else now)
-        payload = f"{peer_id}.{issued}"
-        return f"{payload}.{self._sign(payload)}"
+        claims = {k: v for k, v in claims.items() if v is not None}
+        claims.update(iat=issued, nbf=issued, exp=issued + int(ttl))
+        return jwt.encode(claims, self._key, algorithm=_ALGORITHM)
 
-    def verify(self, token: str, now: float | None = None) -> str | None:
-        """The peer id that ``token`` proves, or None when it is forged, malformed or expired."""
-        parts = token.split(".")
-        if len(parts) != 3 or not parts[0] or not parts[1].isdigit():
+    def _decode(self, token: str, use: str, required: list[str]) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._key,
+                algorithms=[_ALGORITHM],
+                leeway=_LEEWAY,
+                options={"require": ["use", "iat", "nbf", "exp", *required]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenRejected("it has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenRejected("it is not valid yet") from None
+        except jwt.InvalidTokenError:
+            raise TokenRejected("it was not made by this server, or it was changed") from None
+        if claims["use"] != use:
+            kind = _KINDS.get(str(claims["use"]), "some other token")
+            raise TokenRejected(f"it is {kind}, not {_KINDS[use]}")
+        return claims
+
+    def issue(
+        self,
+        peer_id: str,
+        room: str | None = None,
+        name: str | None = None,
+        now: float | None = None,
+    ) -> str:
+        """A resume token that lets its holder reclaim ``peer_id`` (in ``room``, as ``name``)."""
+        claims = {"use": _RESUME, "sub": peer_id, "room": room, "name": name}
+        return self._encode(claims, now, self.max_age)
+
+    def verify(self, token: str) -> Resume | None:
+        """What resume ``token`` proves, or None when it is forged, malformed or expired."""
+        try:
+            claims = self._decode(token, _RESUME, ["sub"])
+        except TokenRejected:
             return None
-        peer_id, issued, signature = parts
-        expected = self._sign(f"{peer_id}.{issued}")
-        if not hmac.compare_digest(signature.encode(), expected.encode()):
+        room, name = claims.get("room"), claims.get("name")
+        if not isinstance(claims["sub"], str) or not all(
+            isinstance(v, str | None) for v in (room, name)
+        ):
             return None
-        age = (time.time() if now is None else now) - int(issued)
-        if age > self.max_age:
+        return Resume(claims["sub"], room, name)
+
+    def invite(
+        self, room: str, name: str | None = None, ttl: float = 86400.0, now: float | None = None
+    ) -> str:
+        """An invite token to ``room`` (or :data:`ANY_ROOM`), valid ``ttl`` seconds."""
+        return self._encode({"use": _INVITE, "room": room, "name": name}, now, ttl)
+
+    def admit(self, token: str, room_id: str) -> Invite:
+        """What invite ``token`` grants in ``room_id``; :class:`TokenRejected` says why not."""
+        claims = self._decode(token, _INVITE, ["room"])
+        room, name = claims["room"], claims.get("name")
+        if not isinstance(room, str) or not isinstance(name, str | None):
+            raise TokenRejected("its claims are not what an invite holds")
+        if room not in (room_id, ANY_ROOM):
+            raise TokenRejected(f"it is an invite to room {room}, not {room_id}")
+        return Invite(room, name)
+
+    def opens(self, token: str) -> str | None:
+        """The room an invite ``token`` opens (or ``*``), or None when it opens none."""
+        try:
+            room = self._decode(token, _INVITE, ["room"])["room"]
+        except TokenRejected:
             return None
-        return peer_id
+        return room if isinstance(room, str) else None
 
 
 def default_state_dir() -> Path:

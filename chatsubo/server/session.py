@@ -86,6 +86,10 @@ class Session:
         self.room_id: str | None = None
         self.since: int | None = None
         self.early: list[tuple[int | None, bytes]] = []
+        #: The display name its invite fixed, which ``update`` may not change.
+        self.fixed_name: str | None = None
+        #: Which rooms its lobby shows, as :meth:`Hub.opens` says, while it watches.
+        self.lobby: str | None = None
         config = hub.config
         self._bucket = TokenBucket(config.messages_per_second, config.message_burst)
         # Patience refills slowly, so only a sustained flood exhausts it.
@@ -263,6 +267,6 @@ class Session:
             case p.Ping():
                 self.send_message(p.Pong(t=msg.t))
             case p.WatchRooms():
-                await hub.watch(self)
+                await hub.watch(self, msg)
             case p.UnwatchRooms():
                 hub.unwatch(self)
