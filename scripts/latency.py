@@ -99,8 +99,14 @@ class Ear:
         self.chunks.append(pcm.mean(axis=1) / 32768.0)
         self.arrivals.append(now)
 
-    def latencies(self, sent: list[float], template: Mono) -> list[float]:
-        """Seconds from mouth to ear for each chirp found."""
+    def latencies(
+        self, sent: list[float], template: Mono, within: float = SEARCH_WINDOW
+    ) -> list[float]:
+        """Seconds from mouth to ear for each chirp found ``within`` seconds of leaving.
+
+        Under loss, keep ``within`` shorter than the chirps' spacing: a lost
+        chirp would otherwise be timed by the next one.
+        """
         if not self.chunks:
             return []
         audio = np.concatenate(self.chunks)
@@ -114,9 +120,7 @@ class Ear:
         energy = float(np.dot(template, template)) * 0.5
         found = []
         for mouth in sent:
-            window = np.flatnonzero(
-                (sample_times >= mouth) & (sample_times < mouth + SEARCH_WINDOW)
-            )
+            window = np.flatnonzero((sample_times >= mouth) & (sample_times < mouth + within))
             if len(window) < len(template):
                 continue
             segment = audio[window[0] : window[-1] + 1]
