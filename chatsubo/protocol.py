@@ -32,6 +32,10 @@ Zone = Annotated[str, Meta(min_length=1, max_length=ZONE_MAX_CHARS)]
 #: A resume or invite token (a JWT); one with a fixed name of 32 wide characters fits.
 TOKEN_MAX_CHARS: Final = 1024
 Token = Annotated[str, Meta(min_length=1, max_length=TOKEN_MAX_CHARS)]
+#: A coordinate in meters; the server puts a position outside the map at its edge.
+Coordinate = Annotated[float, Meta(ge=-1000.0, le=1000.0)]
+#: Positions a client sends the server (``update`` with ``x`` and ``y``) per second, at most.
+POSITION_UPDATES_PER_SECOND: Final = 4.0
 
 _ROOM_ID_RE = re.compile(ROOM_ID_PATTERN)
 
@@ -204,16 +208,32 @@ class Signal(_Message, tag="signal"):
 
 
 class Update(_Message, tag="update"):
-    """Change the display name or zone; a null zone clears it."""
+    """Change the display name, the zone (null clears it) or where you stand (``x`` and ``y``).
+
+    Positions are for the server's link rule and for the far avatars of
+    everyone in the room: at most ``POSITION_UPDATES_PER_SECOND``, and only
+    after moving.
+    """
 
     name: DisplayName | UnsetType = UNSET
     zone: Zone | UnsetType | None = UNSET
+    x: Coordinate | UnsetType = UNSET
+    y: Coordinate | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         if isinstance(self.name, str):
             _check_text(self.name, "a name", NAME_MAX_CHARS)
         if isinstance(self.zone, str):
             _check_text(self.zone, "a zone", ZONE_MAX_CHARS)
+        if isinstance(self.x, UnsetType) is not isinstance(self.y, UnsetType):
+            raise ValueError("a position needs both x and y")
+
+    @property
+    def position(self) -> tuple[float, float] | None:
+        """Where the sender says it stands, if it said."""
+        if isinstance(self.x, UnsetType) or isinstance(self.y, UnsetType):
+            return None
+        return (self.x, self.y)
 
 
 class WatchRooms(_Message, tag="watch_rooms"):
@@ -263,6 +283,9 @@ class PeerInfo(msgspec.Struct, rename="camel", omit_defaults=True):
     name: str
     joined_at: int
     zone: str | None = None
+    #: Where it stands, once it has said.
+    x: float | None = None
+    y: float | None = None
 
 
 class RoomInfo(msgspec.Struct, rename="camel"):
@@ -349,6 +372,36 @@ class Pong(_Message, tag="pong"):
     t: float
 
 
+class Link(_Message, tag="link"):
+    """Connect to ``peerId``: send it the offer when ``offer`` is true, else wait for its offer.
+
+    The server names one offerer for every pair, so offers never cross.
+    """
+
+    peer_id: str
+    offer: bool
+
+
+class Unlink(_Message, tag="unlink"):
+    """Close the connection to ``peerId``; it stays in the room, out of earshot."""
+
+    peer_id: str
+
+
+class PeerPosition(msgspec.Struct, array_like=True):
+    """Where one member stands: ``[peerId, x, y]``, compact for a room of hundreds."""
+
+    peer_id: str
+    x: float
+    y: float
+
+
+class Positions(_Message, tag="positions"):
+    """Where the members who moved since the last batch stand; a batch twice a second."""
+
+    peers: list[PeerPosition]
+
+
 class Error(_Message, tag="error"):
     """A request failed; ``code`` is machine-readable, ``message`` is for people."""
 
@@ -365,6 +418,9 @@ ServerMessage = (
     | PeerUpdated
     | RelayedSignal
     | Rooms
+    | Link
+    | Unlink
+    | Positions
     | Pong
     | Error
 )
@@ -430,6 +486,11 @@ class ClientRules(msgspec.Struct, rename="camel", frozen=True):
     token_max_chars: int
     #: The room a client joins when told none.
     default_room: str
+    #: Positions a client sends the server per second, at most.
+    position_updates_per_second: float
+    #: Seconds after a rejoin's peer list within which the server names again
+    #: each link it keeps; a client closes the links it did not name.
+    link_confirm_wait: float
 
 
 CLIENT_RULES: Final = ClientRules(
@@ -445,6 +506,8 @@ CLIENT_RULES: Final = ClientRules(
     zone_max_chars=ZONE_MAX_CHARS,
     token_max_chars=TOKEN_MAX_CHARS,
     default_room="chatsubo-main",
+    position_updates_per_second=POSITION_UPDATES_PER_SECOND,
+    link_confirm_wait=5.0,
 )
 
 

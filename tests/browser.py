@@ -88,6 +88,27 @@ async () => {
 }
 """
 
+#: The state of the page's RTCPeerConnection to a peer; null without one.
+_LINK_STATE = """
+id => window.chatsubo.peer.links.get(id)?.pc.connectionState ?? null
+"""
+
+#: The Opus fmtp parameters of the current local and remote descriptions of a link.
+_OPUS_FMTP = """
+id => {
+  const pc = window.chatsubo.peer.links.get(id)?.pc;
+  const fmtp = (description) => {
+    if (!description) return null;
+    const opus = /^a=rtpmap:(\\d+) opus\\//im.exec(description.sdp);
+    if (opus === null) return null;
+    const prefix = `a=fmtp:${opus[1]} `;
+    const line = description.sdp.split("\\r\\n").find((l) => l.startsWith(prefix));
+    return line === undefined ? "" : line.slice(prefix.length);
+  };
+  return pc ? [fmtp(pc.currentLocalDescription), fmtp(pc.currentRemoteDescription)] : null;
+}
+"""
+
 #: Whether an element's data-x/data-y are within `tolerance` meters of (x, y).
 _STANDS_NEAR = """
 ([selector, x, y, tolerance]) => {
@@ -342,6 +363,21 @@ class Person:
                 "data-state", "connected", timeout=timeout * 1000
             )
 
+    async def link_state(self, peer_id: str) -> str | None:
+        """The connectionState of my RTCPeerConnection to ``peer_id``; None without one."""
+        state = await self.page.evaluate(_LINK_STATE, peer_id)
+        assert state is None or isinstance(state, str), state
+        return state
+
+    async def opus_parameters(self, peer_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The Opus fmtp parameters of my link to ``peer_id``: my description's, then theirs."""
+        found = await self.page.evaluate(_OPUS_FMTP, peer_id)
+        assert found is not None, f"{self.name} has no link to {peer_id}"
+        local, remote = found
+        assert local is not None, f"no Opus in my description: {found}"
+        assert remote is not None, f"no Opus in theirs: {found}"
+        return fmtp_parameters(local), fmtp_parameters(remote)
+
     async def inbound_audio_bytes(self) -> dict[str, int]:
         """Audio bytes received so far on each link, from getStats()."""
         result = await self.page.evaluate(_INBOUND_AUDIO_BYTES)
@@ -594,6 +630,12 @@ class Bots:
 
     async def close(self) -> None:
         await asyncio.gather(*(bot.stop() for bot in self.bots), return_exceptions=True)
+
+
+def fmtp_parameters(text: str) -> dict[str, str]:
+    """An fmtp line's ``a=1;b=2`` parameters as a dict."""
+    pairs = (item.partition("=") for item in text.split(";") if item.strip())
+    return {key.strip(): value.strip() for key, _, value in pairs}
 
 
 def near(a: float, b: float, tolerance: float) -> bool:

@@ -75,6 +75,30 @@ def module_tasks() -> list[asyncio.Task[Any]]:
     ]
 
 
+class TalkSpurts(AudioSource):
+    """A tone said in spurts: ``on`` seconds of it, then ``off`` seconds of digital silence.
+
+    Each spurt fades in and out over 5 ms, so that the source itself never clicks.
+    """
+
+    FADE = SAMPLE_RATE // 200
+
+    def __init__(self, on: float, off: float, hz: float = 440.0) -> None:
+        self.on = round(on * SAMPLE_RATE)
+        self.period = self.on + round(off * SAMPLE_RATE)
+        self.hz = hz
+        self._n = 0
+
+    def read(self) -> NDArray[np.int16]:
+        n = self._n + np.arange(FRAME_SAMPLES)
+        self._n += FRAME_SAMPLES
+        into = n % self.period
+        fade = np.clip(np.minimum(into, self.on - into) / self.FADE, 0.0, 1.0)
+        wave = np.sin(2 * np.pi * self.hz * n / SAMPLE_RATE) * fade * (into < self.on)
+        pcm: NDArray[np.int16] = (wave * 0.3 * 32767).astype(np.int16)
+        return pcm
+
+
 def test_source_specs_parse() -> None:
     assert isinstance(parse_source("silence"), SilenceSource)
     tone = parse_source("tone:440")

@@ -95,13 +95,10 @@ async def receive_raw(client: Client, type_: str) -> str:
 
 
 async def next_message(client: Client) -> dict[str, Any]:
-    """The next message, whatever its type: the backlog first, then the wire."""
+    """The next message, whatever its type but a directive: the backlog first, then the wire."""
     if client.backlog:
         return client.backlog.pop(0)
-    msg = await client.ws.receive(timeout=DEADLINE)
-    assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    parsed: dict[str, Any] = json.loads(msg.data)
-    return parsed
+    return await client.next_message(DEADLINE)
 
 
 async def healthz(server: RunningServer) -> dict[str, Any]:

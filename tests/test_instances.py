@@ -117,7 +117,9 @@ async def _until_signal(client: Client, sender: str) -> list[dict[str, object]]:
     received: list[dict[str, object]] = []
     async with asyncio.timeout(DEADLINE):
         while True:
-            message = client.backlog.pop(0) if client.backlog else await client._next(DEADLINE)
+            message = (
+                client.backlog.pop(0) if client.backlog else await client.next_message(DEADLINE)
+            )
             received.append(message)
             if message["type"] == "signal" and message["from"] == sender:
                 return received
@@ -164,7 +166,7 @@ async def test_exactly_one_of_two_racing_joins_gets_the_last_seat(
         for racer in racers:
             async with asyncio.timeout(DEADLINE):
                 while True:
-                    message = await racer._next(DEADLINE)
+                    message = await racer.next_message(DEADLINE)
                     if message["type"] in ("peer_list", "error"):
                         outcomes.append(message.get("code", "joined"))
                         break

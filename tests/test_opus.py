@@ -140,3 +140,22 @@ def test_an_older_system_libopus_works_without_knowing_fec() -> None:
         assert not lib.has_fec(packets[5])
     pcm = np.frombuffer(decode(opus.Decoder(lib), packets[5], FRAME_SAMPLES), np.int16)
     assert np.abs(pcm).max() > 1000
+
+
+def test_the_encoder_matches_pyav_s_and_stops_coding_silence() -> None:
+    lib = opus.libopus()
+    assert lib is not None
+    encoder = opus.Encoder(lib, 32000)
+    pcm = tone(50)
+    frames = [pcm[i : i + FRAME_SAMPLES] for i in range(0, len(pcm), FRAME_SAMPLES)]
+    # The settings our sender had from PyAV, so a voice sounds as it did.
+    assert [encoder.encode(f.ctypes.data, FRAME_SAMPLES) for f in frames] == encode(pcm)
+    silence = np.zeros(FRAME_SAMPLES, np.int16)
+    sizes = [len(encoder.encode(silence.ctypes.data, FRAME_SAMPLES)) for _ in range(40)]
+    # Some 200 ms of it are coded, then only a comfort-noise refresh every 400 ms.
+    assert all(n > opus.DTX_MAX_BYTES for n in sizes[:8])
+    assert sum(n > opus.DTX_MAX_BYTES for n in sizes[20:]) <= 1
+    encoder.close()
+    encoder.close()
+    with pytest.raises(opus.OpusError, match="closed"):
+        encoder.encode(silence.ctypes.data, FRAME_SAMPLES)

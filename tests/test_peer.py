@@ -80,6 +80,11 @@ async def test_three_peers_form_a_mesh_and_talk(make_peer: PeerMaker) -> None:
         peer.on("position", lambda sender, pos, name=name: positions[name].append((sender, pos)))
         await peer.start()
     await _full_mesh(peers)
+    # A small room links everyone, and of each pair the later one offers: as ever.
+    for i, peer in enumerate(peers):
+        for j, other in enumerate(peers[:i]):
+            assert peer.links[other.peer_id or ""].offerer, (i, j)
+            assert not other.links[peer.peer_id or ""].offerer, (j, i)
 
     case = peers[1]
     sent = case.say("Sky above the port")
@@ -260,6 +265,8 @@ async def test_trickled_candidates_from_a_browser_like_peer(
     browser = SignalingClient("mesh", "Browser", SignalingOptions(urls=[server.url]))
     answers: list[Any] = []
     browser.on("signal", lambda m: answers.append(json.loads(bytes(m.data))))
+    links: list[p.Link] = []
+    browser.on("link", links.append)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
     try:
         await browser.connect()
@@ -272,6 +279,9 @@ async def test_trickled_candidates_from_a_browser_like_peer(
         sdp = "\r\n".join(line for line in lines if not line.startswith(trickled)) + "\r\n"
         candidates = [line[2:] for line in lines if line.startswith("a=candidate")]
         assert bot.peer_id is not None
+        # As a browser does, it offers once the server has linked the two: the
+        # bot drops offers from peers it is not linked to.
+        await poll(lambda: [(m.peer_id, m.offer) for m in links] == [(bot.peer_id, True)])
 
         # Early candidates first: the bot must hold them until the offer is applied.
         def candidate_signal(line: str) -> p.IceCandidate:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import ctypes.util
+import itertools
 import json
 import logging
 import random
 import sys
-from collections.abc import Collection
+import wave
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
 import pytest
+from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
@@ -24,15 +27,18 @@ from chatsubo.peer import opus
 from chatsubo.peer.audio import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
+    AfterSilence,
     AudioOut,
     EncodedAudioTrack,
     PcmBuffer,
+    SilenceSource,
     SpatialMixer,
     ToneSource,
+    WavRecorder,
 )
 from chatsubo.peer.receiving import InlineAudioPath, use_inline_audio_path
 from tests.conftest import RunningServer
-from tests.test_audio import audio_call, loopback_connection, peak_hz, until
+from tests.test_audio import TalkSpurts, audio_call, loopback_connection, peak_hz, rms, until
 from tests.test_opus import encode, tone
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
@@ -257,6 +263,23 @@ def test_without_libopus_pyav_decodes_and_a_loss_stays_a_gap(
     assert all(len(f.layout.channels) == 1 for f in decoded)
 
 
+async def test_without_libopus_pyav_encodes_and_silence_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(opus, "bundled_libopus", lambda: Path("/nonexistent/libopus.so.0"))
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    opus.libopus.cache_clear()
+    try:
+        track = EncodedAudioTrack(SilenceSource())
+        # Past the 200 ms after which DTX would stop sending.
+        packets = [await track.recv() for _ in range(15)]
+        track.stop()
+    finally:
+        opus.libopus.cache_clear()
+    assert [p.pts for p in packets] == every_frame(15)
+    assert all(p.size > opus.DTX_MAX_BYTES for p in packets)
+
+
 async def test_a_restarted_stream_is_followed() -> None:
     packets = await opus_packets(6)
     path, frames = new_path()
@@ -306,6 +329,154 @@ async def test_installs_on_a_real_receiver_and_a_call_still_delivers() -> None:
         assert audio_in.gaps == 0
         assert abs(peak_hz(audio_in.take(4800)) - 440) < 15
     await until(lambda: received[0].ended.is_set(), "the track to end with the call")
+
+
+def installer(
+    answerer: RTCPeerConnection, installed: list[InlineAudioPath]
+) -> Callable[[MediaStreamTrack], None]:
+    """A ``track`` handler giving the answerer's receiver an inline path, kept in ``installed``."""
+
+    def install(track: MediaStreamTrack) -> None:
+        (receiver,) = [r for r in answerer.getReceivers() if r.track is track]
+        path = use_inline_audio_path(receiver)
+        assert path is not None
+        installed.append(path)
+
+    return install
+
+
+#: The steepest step between samples of the 0.3 full-scale 440 Hz tone, in full scale.
+TONE_SLOPE = 0.3 * 2 * np.pi * 440 / SAMPLE_RATE
+
+
+async def test_silence_is_not_sent_and_talk_resumes_without_a_click() -> None:
+    """Talk spurts through the real track and receive path, played on an ideal clock."""
+    track = EncodedAudioTrack(TalkSpurts(on=0.4, off=0.8))
+    # Two spurts and the start of a third: 2.5 s in real time, as the track paces itself.
+    packets: list[av.Packet[Any]] = []
+    pts: list[int] = []
+    while not pts or pts[-1] < 2.5 * SAMPLE_RATE:
+        packet = await track.recv()
+        assert packet.pts is not None
+        packets.append(packet)
+        pts.append(packet.pts)
+    track.stop()
+    assert all(packet.size > opus.DTX_MAX_BYTES for packet in packets)
+    assert all(t % FRAME_SAMPLES == 0 for t in pts)
+    resumed = [b for a, b in itertools.pairwise(pts) if b - a > FRAME_SAMPLES]
+    # Each silence: libopus's 200 ms and hangover, then a refresh every 400 ms.
+    assert len(resumed) >= 2
+    assert len(packets) < 0.6 * pts[-1] / FRAME_SAMPLES
+
+    # Numbered as aiortc's sender numbers them: one sequence number each, the
+    # timestamp from the pts, here across the wrap of both.
+    path, frames = new_path()
+    for i, (packet, t) in enumerate(zip(packets, pts, strict=True)):
+        path.add(
+            RtpPacket(
+                payload_type=111,
+                sequence_number=(65500 + i) & 0xFFFF,
+                timestamp=(0xFFFFFFFF - 50_000 + t) & 0xFFFFFFFF,
+                payload=bytes(packet),
+            )
+        )
+    decoded = drain(frames)
+    assert (path.received, path.lost, path.concealed, path.late) == (len(packets), 0, 0, 0)
+    assert [f.pts for f in decoded] == pts
+    assert [f.pts for f in decoded if isinstance(f.opaque, AfterSilence)] == resumed
+
+    # Heard as a listener hears it: every frame on time, one taken every 20 ms.
+    buffer = PcmBuffer(slack=1)
+    arriving = {f.pts: f for f in decoded}
+    heard = []
+    # Up to the last frame, which the stream's end would cut short.
+    for t in range(0, pts[-1] + FRAME_SAMPLES, FRAME_SAMPLES):
+        if t in arriving:
+            buffer.push(arriving[t])
+        heard.append(buffer.take(FRAME_SAMPLES))
+    pcm = np.concatenate(heard)
+
+    def at(start: float, end: float) -> NDArray[np.float32]:
+        # The slack delays everything by one frame.
+        delay = FRAME_SAMPLES / SAMPLE_RATE
+        return pcm[round((start + delay) * SAMPLE_RATE) : round((end + delay) * SAMPLE_RATE)]
+
+    for spurt in range(3):
+        start = spurt * 1.2
+        assert rms(at(start + 0.05, start + 0.1)) > 0.15, f"spurt {spurt} is heard from its start"
+        if spurt < 2:
+            assert rms(at(start + 0.05, start + 0.35)) > 0.15
+            assert abs(peak_hz(at(start, start + 0.4)) - 440) < 15
+            assert np.abs(at(start + 0.45, start + 1.15)).max() < 0.01, "silence between"
+    # The tone fades in and out in 5 ms: a click is a step far steeper than the tone
+    # (whose decoded steepest is a little steeper than the source's).
+    assert np.abs(np.diff(pcm)).max() < 1.5 * TONE_SLOPE
+
+
+async def test_a_silent_voice_sends_a_packet_every_400_ms_at_most() -> None:
+    answerer = loopback_connection()
+    installed: list[InlineAudioPath] = []
+    out = AudioOut(SilenceSource())
+    async with audio_call(out, answerer, installer(answerer, installed)) as received:
+        await until(lambda: bool(received) and received[0].frames > 0, "the first frame")
+        (path,) = installed
+        audio_in = received[0]
+        loop = asyncio.get_running_loop()
+        first = audio_in.first_frame_at
+        assert first is not None
+        # libopus sends 200 ms of silence before it stops sending.
+        await until(lambda: loop.time() - first > 0.5, "DTX to set in")
+        before, start = path.received, loop.time()
+        await until(lambda: loop.time() - start > 2.0, "2 s of silence")
+        assert path.received - before <= 2.0 / 0.4 + 1, "at most a comfort-noise refresh"
+        assert path.lost == 0
+        assert audio_in.gaps == 0
+        assert audio_in.silences >= 4
+        assert audio_in.level_dbfs < -60
+
+
+async def test_talk_spurts_come_through_a_real_call_whole(tmp_path: Path) -> None:
+    answerer = loopback_connection()
+    installed: list[InlineAudioPath] = []
+    out = AudioOut(TalkSpurts(on=1.0, off=1.5))
+    record = tmp_path / "heard.wav"
+    async with audio_call(out, answerer, installer(answerer, installed)) as received:
+        await until(lambda: bool(received) and received[0].frames > 0, "the first frame")
+        (path,) = installed
+        audio_in = received[0]
+        mixer = SpatialMixer()
+        mixer.add("talker", audio_in, (0.0, 0.0))
+        recorder = WavRecorder(record, mixer)
+        loop = asyncio.get_running_loop()
+        first = audio_in.first_frame_at
+        assert first is not None
+        # Three spurts and the two silences between them.
+        await until(lambda: loop.time() - first > 6.2, "three talk spurts", deadline=15.0)
+        await recorder.stop()
+        elapsed = loop.time() - first
+        assert (path.lost, path.concealed, path.recovered, path.late) == (0, 0, 0, 0)
+        assert audio_in.gaps == audio_in.missing_samples == 0
+        assert audio_in.silences >= 2
+        assert audio_in.silent_samples >= 2 * SAMPLE_RATE, "a second or more of each silence"
+        assert path.received < 0.7 * elapsed * 50
+
+    with wave.open(str(record)) as wav:
+        heard = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").reshape(-1, 2)[:, 0]
+    pcm = heard.astype(np.float32) / 32768
+    # In blocks of 10 ms: a spurt starts where it gets loud after half a second of quiet.
+    block = SAMPLE_RATE // 100
+    loud = [rms(pcm[i : i + block]) > 0.05 for i in range(0, len(pcm) - block, block)]
+    onsets = [i for i, on in enumerate(loud) if on and not any(loud[max(0, i - 50) : i])]
+    assert len(onsets) == 3, onsets
+    # A spurt every 2.5 s; a stall of this shared machine may hold one back a little.
+    assert all(2.3 < (b - a) / 100 < 2.7 for a, b in itertools.pairwise(onsets))
+    for onset in onsets:
+        # The recording runs in real time: a stall of this shared machine leaves a
+        # hole in it (whereas no frame was missing, as the counters say).
+        spurt = loud[onset : onset + 100]
+        assert sum(spurt) >= 75, f"the second of tone at {onset / 100} s"
+        tone = pcm[onset * block : (onset + 100) * block]
+        assert abs(peak_hz(tone) - 440) < 15
 
 
 def test_an_unexpected_receiver_keeps_its_own_path(caplog: pytest.LogCaptureFixture) -> None:

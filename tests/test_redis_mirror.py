@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from chatsubo.server.backend import LinkChange
 from chatsubo.server.redis_backend import RedisBackend, RedisOptions, _decode_event, _Room
 from chatsubo.server.rooms import Member
 
@@ -40,6 +41,14 @@ class Listener:
 
     def holding(self) -> set[str]:
         return self.held
+
+    def links_changed(
+        self, room_id: str, added: list[LinkChange], removed: list[LinkChange]
+    ) -> None:
+        pass
+
+    def positions_heard(self, room_id: str, frame: bytes) -> None:
+        pass
 
     def told(self) -> list[tuple[str, object]]:
         return [(str(e[2]["type"]), e[2].get("peerId")) for e in self.events]

@@ -14,6 +14,13 @@ const NAME_KEY = "chatsubo.name";
 const SPEAKING_HOLD = 1000;
 /** How long to wait for a newcomer's zone before announcing them without it (ms). */
 const ZONE_WAIT = 2000;
+/**
+ * Peer-to-peer positions heard this recently (ms) win over the server's
+ * batches, which are older: a linked peer glides on its own updates.
+ */
+const P2P_FRESH = 1500;
+/** Far avatars glide to each batch of positions over about its interval (ms). */
+const FAR_GLIDE = 500;
 const MAX_NOTICES = 6;
 const MAX_CHAT_LINES = 200;
 
@@ -286,7 +293,7 @@ class Room {
     this._arrivedAt = null;
     /** Who was in the room before us and has not told us yet where they stand. */
     this._unplaced = null;
-    /** peerId -> {name, zone, item, speakingUntil, announce} */
+    /** peerId -> {name, zone, item, speakingUntil, announce, at: [x, y] or null, heardAt} */
     this.people = new Map();
     this._off = [];
     this._levelTimer = null;
@@ -317,7 +324,15 @@ class Room {
     this._off.push(
       s.on("peer_list", (m) => {
         this._unplaced ??= new Set(m.peers.map((info) => info.peerId));
-        m.peers.forEach((info) => this._addPerson(info, false));
+        for (const info of m.peers) {
+          this._addPerson(info, false);
+          // Where each stood as we came in, for those who had said.
+          const { peerId, x, y } = info;
+          if (typeof x === "number" && typeof y === "number") this._farMoved(peerId, x, y);
+        }
+      }),
+      s.on("positions", (m) => {
+        for (const [peerId, x, y] of m.peers) this._farMoved(peerId, x, y);
       }),
       s.on("peer_joined", (m) => this._addPerson(m, !m.resumed)),
       s.on("peer_left", (m) => this._removePerson(m.peerId)),
@@ -326,7 +341,11 @@ class Room {
       s.on("server_error", (error) => this._notice(error.message)),
       p.on("linkstatechange", ({ peerId }) => this._renderLink(peerId)),
       p.on("peerconnected", (peerId) => this._renderLink(peerId)),
-      p.on("peerdisconnected", (peerId) => this._renderLink(peerId)),
+      p.on("peerdisconnected", (peerId) => {
+        // Unlinked, not just failed: the voice goes (the volume setting stays).
+        if (!this.peer.links.has(peerId)) this.audio.remove(peerId);
+        this._renderLink(peerId);
+      }),
       p.on("track", ({ peerId, stream }) => this._addVoice(peerId, stream)),
       p.on("position", ({ peerId, position }) => this._moved(peerId, position)),
       p.on("chat", ({ peerId, message }) => this._chatLine(peerId, message.text)),
@@ -344,7 +363,12 @@ class Room {
     this.map = new BarMap(svg, this.space.map);
     this.map.setPerson(this.peer.peerId, this.name, true);
     this.map.on("move", ({ x, y }) => this._walked(x, y));
-    for (const [peerId, person] of this.people) this.map.setPerson(peerId, person.name);
+    for (const [peerId, person] of this.people) {
+      this.map.setPerson(peerId, person.name);
+      if (person.at === null) continue;
+      const [x, y] = person.at;
+      this.map.place(peerId, x, y, zoneAt(this.space.map, x, y)?.name ?? null);
+    }
     const [x, y] = freeSpot(this.space.map, this._others());
     this._arrivedAt = [x, y];
     this.map.jump(x, y);
@@ -411,6 +435,7 @@ class Room {
     item.dataset.speaking = "false";
     const who = make("span", info.name, "who");
     const where = make("span", "", "where");
+    const earshot = make("span", "", "earshot");
     const state = make("span", "", "link-state");
     const volumeId = `volume-${info.peerId}`;
     const label = make("label", `Volume for ${info.name}`, "visually-hidden");
@@ -419,13 +444,16 @@ class Room {
       type: "range", id: volumeId, className: "volume", min: "0", max: "1", step: "0.05", value: "1",
     });
     volume.addEventListener("input", () => this.audio.setVolume(info.peerId, Number(volume.value)));
-    item.append(who, where, state, label, volume);
+    item.append(who, where, earshot, state, label, volume);
     $("people").append(item);
-    const person = { name: info.name, zone: null, item, speakingUntil: 0, announce: null };
+    const person = {
+      name: info.name, zone: null, item, speakingUntil: 0, announce: null, at: null, heardAt: -Infinity,
+    };
     this.people.set(info.peerId, person);
     this.map?.setPerson(info.peerId, info.name);
     this._updatePerson(info.peerId, info.name, info.zone ?? null);
     this._renderLink(info.peerId);
+    this._renderEarshot(person);
     this._renderCount();
     if (announce) {
       // The zone usually follows within moments; announce with it if it does.
@@ -482,15 +510,30 @@ class Room {
     const person = this.people.get(peerId);
     const link = this.peer.links.get(peerId);
     if (person === undefined) return;
-    let state = link?.pc.connectionState ?? "closed";
+    // No connection: either the server linked us and the peer's offer is on its way, or not.
+    let state = link?.pc.connectionState ?? (this.peer.linked.has(peerId) ? "new" : "unlinked");
     if (link?.connected) state = "connected";
     else if (state === "connected") state = "connecting";
     const words = {
       new: "waiting", connecting: "connecting…", connected: "", disconnected: "trouble…",
-      failed: "retrying…", closed: "gone",
+      failed: "retrying…", closed: "gone", unlinked: "",
     };
     person.item.dataset.state = state;
     person.item.querySelector(".link-state").textContent = words[state] ?? state;
+  }
+
+  /** Whether someone is within the hearing range of where we stand: "in earshot" or "across the room". */
+  _renderEarshot(person) {
+    let earshot = "unknown";
+    if (person.at !== null) {
+      const [x, y] = this.audio.listener;
+      const distance = Math.hypot(person.at[0] - x, person.at[1] - y);
+      earshot = distance < this.space.distanceModel.hearingRange ? "near" : "far";
+    }
+    if (person.item.dataset.earshot === earshot) return;
+    person.item.dataset.earshot = earshot;
+    const words = { near: "in earshot", far: "across the room", unknown: "" };
+    person.item.querySelector(".earshot").textContent = words[earshot];
   }
 
   _renderLevels() {
@@ -523,18 +566,39 @@ class Room {
     this.audio.add(peerId, stream, position ? [position.x, position.y] : null);
   }
 
+  /** A linked peer's own word, peer to peer, on where it stands. */
   _moved(peerId, position) {
     const zone = typeof position.zone === "string" ? position.zone : null;
     this.map?.place(peerId, position.x, position.y, zone);
     this.audio.move(peerId, position.x, position.y);
     const person = this.people.get(peerId);
-    if (person !== undefined && person.zone !== zone) this._setZone(person, zone);
+    if (person !== undefined) {
+      person.at = [position.x, position.y];
+      person.heardAt = performance.now();
+      if (person.zone !== zone) this._setZone(person, zone);
+      this._renderEarshot(person);
+    }
     this._settle(peerId);
   }
 
-  /** Where everyone we are connected to stands, as far as we have heard. */
+  /**
+   * Where the server says someone stands (`positions`, `peer_list`): how we
+   * see everyone we are not linked to. A linked peer's own, fresher updates win.
+   */
+  _farMoved(peerId, x, y) {
+    const person = this.people.get(peerId);
+    if (person === undefined) return;
+    if (this.peer.linked.has(peerId) && performance.now() - person.heardAt < P2P_FRESH) return;
+    person.at = [x, y];
+    this.map?.place(peerId, x, y, zoneAt(this.space.map, x, y)?.name ?? null, FAR_GLIDE);
+    this.audio.move(peerId, x, y);
+    this._renderEarshot(person);
+    this._settle(peerId);
+  }
+
+  /** Where everyone stands, as far as we have heard. */
   _others() {
-    return [...this.peer.links.values()].filter((l) => l.position !== null).map((l) => [l.position.x, l.position.y]);
+    return [...this.people.values()].filter((person) => person.at !== null).map((person) => person.at);
   }
 
   /**
@@ -552,11 +616,16 @@ class Room {
     this.map.jump(...this._arrivedAt);
   }
 
-  /** Our own avatar moved: tell the others, move our ears, and tell the lobby our zone. */
+  /**
+   * Our own avatar moved: tell the linked peers and the server (which links
+   * us by it, and shows us to the rest), move our ears, tell the lobby our zone.
+   */
   _walked(x, y) {
     const zone = zoneAt(this.space.map, x, y)?.name ?? null;
     this.peer.move(x, y, zone);
+    this.signaling.update({ x: Math.round(x * 100) / 100, y: Math.round(y * 100) / 100 });
     this.audio.setListener(x, y);
+    for (const person of this.people.values()) this._renderEarshot(person);
     if (zone !== this.zone) {
       this.zone = zone;
       this.signaling.update({ zone });

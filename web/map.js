@@ -58,6 +58,7 @@ class Avatar {
     this.from = null;
     this.to = null;
     this.start = 0;
+    this.glide = GLIDE_MS;
   }
 
   setName(name) {
@@ -202,8 +203,8 @@ export class BarMap extends Emitter {
     this._animate();
   }
 
-  /** Someone else stands at (x, y) now: glide there from where they are drawn. */
-  place(peerId, x, y, zone) {
+  /** Someone else stands at (x, y) now: glide there from where they are drawn, over `glide` ms. */
+  place(peerId, x, y, zone, glide = GLIDE_MS) {
     const avatar = this.avatars.get(peerId);
     if (avatar === undefined) return;
     avatar.node.dataset.zone = zone ?? "";
@@ -215,6 +216,7 @@ export class BarMap extends Emitter {
     avatar.from = avatar.drawn;
     avatar.to = [x, y];
     avatar.start = performance.now();
+    avatar.glide = glide;
     this._animate();
   }
 
@@ -269,7 +271,7 @@ export class BarMap extends Emitter {
     let moving = this._walk(elapsed);
     for (const avatar of this.avatars.values()) {
       if (avatar.to === null) continue;
-      const t = Math.min(1, (now - avatar.start) / GLIDE_MS);
+      const t = Math.min(1, (now - avatar.start) / avatar.glide);
       const [fx, fy] = avatar.from;
       const [tx, ty] = avatar.to;
       avatar.draw([fx + (tx - fx) * t, fy + (ty - fy) * t]);

@@ -1,20 +1,27 @@
-// A mesh peer: one RTCPeerConnection to every other peer in the room, the
-// twin of chatsubo/peer/mesh.py. The newcomer offers to everyone in its peer_list;
-// the others answer. A link that does not connect in time, or fails later, is
-// replaced with backoff. Links outlive signaling outages: after a rejoin,
-// healthy links are kept as they are. docs/protocol.md ("Peer to peer")
+// A mesh peer: one RTCPeerConnection to every peer the server links us to,
+// the twin of chatsubo/peer/mesh.py. The server's `link` says which end offers;
+// `unlink` closes the connection for good. A link that does not connect in
+// time, or fails later, is replaced with backoff while the pair stays linked.
+// Links outlive signaling outages: after a rejoin, healthy links are kept as
+// they are. docs/protocol.md ("One connection per pair", "Peer to peer")
 // defines what goes over them.
 
 import { decodeChat, decodePosition } from "./channels.js";
 import { Emitter } from "./events.js";
 import { decodeSignal } from "./protocol.js";
 
+/**
+ * How long signals from a peer not linked yet are held (ms): the peer's offer
+ * may overtake the server's `link` to us (with several server instances).
+ */
+const HOLD_UNLINKED = 3000;
+
 /** The connection to one remote peer, with its channels and its place in negotiation. */
 export class Link {
   constructor(peerId, name, offerer, pc) {
     this.peerId = peerId;
     this.name = name;
-    /** Whether we make the offers on this link (we were the newcomer). */
+    /** Whether we make the offers on this link (the server's `link` said so). */
     this.offerer = offerer;
     this.pc = pc;
     this.chat = null;
@@ -35,10 +42,12 @@ export class Link {
 }
 
 /**
- * Keeps a full mesh with everyone in the signaling client's room.
+ * Keeps one connection to each peer the server links us to in the signaling
+ * client's room: everyone in a small room, those within earshot in a big one.
  *
  * Events: `peerconnected` (peerId) once a link can carry chat,
- * `peerdisconnected` (peerId), `linkstatechange` ({peerId, state}),
+ * `peerdisconnected` (peerId), `linkstatechange` ({peerId, state}) also when
+ * the server links or unlinks a peer,
  * `chat` ({peerId, message}), `position` ({peerId, position}) and
  * `track` ({peerId, stream}) for each remote audio stream.
  */
@@ -55,6 +64,16 @@ export class MeshPeer extends Emitter {
     this.links = new Map();
     /** Peers the server says are in the room (or were, before an outage): id -> name. */
     this.present = new Map();
+    /** Peers the server linked us to, and whether we offer: id -> offer. Kept across rejoins. */
+    this.linked = new Map();
+    /** Peers unlinked since: their late signals are dropped until they are linked again. */
+    this._unlinked = new Set();
+    /** After a rejoin, the links the server has not named again yet, and when they close. */
+    this._unconfirmed = new Set();
+    this._confirmTimer = null;
+    this._joined = false;
+    /** Signals from peers not linked yet: id -> {signals, timer} (HOLD_UNLINKED). */
+    this._held = new Map();
     this._track = null;
     this._chatIds = 0;
     this._positionSeq = 0;
@@ -68,6 +87,8 @@ export class MeshPeer extends Emitter {
       signaling.on("peer_left", (m) => this._onPeerLeft(m)),
       signaling.on("peer_updated", (m) => this._onPeerUpdated(m)),
       signaling.on("signal", (m) => this._onSignal(m)),
+      signaling.on("link", (m) => this._onLink(m)),
+      signaling.on("unlink", (m) => this._onUnlink(m)),
     ];
   }
 
@@ -85,9 +106,12 @@ export class MeshPeer extends Emitter {
   close() {
     this._closing = true;
     clearTimeout(this._positionTimer);
+    clearTimeout(this._confirmTimer);
     for (const off of this._unsubscribe) off();
     for (const link of this.links.values()) this._closeLink(link);
     this.links.clear();
+    for (const peerId of [...this._held.keys()]) this._dropHeld(peerId);
+    this.linked.clear();
   }
 
   // --- what we say and where we stand -----------------------------------------
@@ -134,20 +158,31 @@ export class MeshPeer extends Emitter {
 
   // --- signaling events --------------------------------------------------------
 
+  // Who is here; the server's `link` says whom to connect to, and who offers.
+  // After a rejoin it names again every link it keeps; a server that
+  // restarted has forgotten the others, which are closed.
   _onPeerList(message) {
-    for (const info of message.peers) {
-      this.present.set(info.peerId, info.name);
-      if (!this.links.has(info.peerId)) this._openLink(info.peerId, info.name, true);
+    for (const info of message.peers) this.present.set(info.peerId, info.name);
+    if (this._joined) {
+      this._unconfirmed = new Set(this.linked.keys());
+      clearTimeout(this._confirmTimer);
+      this._confirmTimer = setTimeout(() => {
+        for (const peerId of this._unconfirmed) this._onUnlink({ peerId });
+        this._unconfirmed.clear();
+      }, this.signaling.rules.linkConfirmWait * 1000);
     }
+    this._joined = true;
   }
 
   _onPeerJoined(message) {
     this.present.set(message.peerId, message.name);
-    if (!this.links.has(message.peerId)) this._openLink(message.peerId, message.name, false);
   }
 
   _onPeerLeft(message) {
     this.present.delete(message.peerId);
+    this.linked.delete(message.peerId);
+    this._unlinked.delete(message.peerId);
+    this._dropHeld(message.peerId);
     const link = this.links.get(message.peerId);
     if (link === undefined) return;
     this.links.delete(message.peerId);
@@ -160,20 +195,80 @@ export class MeshPeer extends Emitter {
     if (this.present.has(message.peerId)) this.present.set(message.peerId, message.name);
   }
 
+  /**
+   * Connect to a peer. With `offer` we offer now; otherwise its offer makes
+   * the connection. A link we already have is kept as it is: no renegotiation.
+   */
+  _onLink({ peerId, offer }) {
+    this.linked.set(peerId, offer);
+    this._unconfirmed.delete(peerId);
+    this._unlinked.delete(peerId);
+    const link = this.links.get(peerId);
+    if (link !== undefined) {
+      // The next replacement, if any, follows the server's roles.
+      link.offerer = offer;
+    } else if (offer) {
+      this._openLink(peerId, this.present.get(peerId) ?? peerId, true);
+    }
+    const held = this._held.get(peerId)?.signals ?? [];
+    this._dropHeld(peerId);
+    for (const signal of held) this._accept(peerId, signal);
+    this.emit("linkstatechange", { peerId, state: this.links.get(peerId)?.pc.connectionState ?? "new" });
+  }
+
+  /** Out of earshot: close at once (a tab may make only 500 connections), and do not retry. */
+  _onUnlink({ peerId }) {
+    this.linked.delete(peerId);
+    this._unlinked.add(peerId);
+    this._dropHeld(peerId);
+    const link = this.links.get(peerId);
+    if (link !== undefined) {
+      this.links.delete(peerId);
+      this._closeLink(link);
+    }
+    this.emit("linkstatechange", { peerId, state: "closed" });
+  }
+
   _onSignal(message) {
+    const peerId = message.from;
     const signal = decodeSignal(message.data);
     if (signal === null) {
-      console.debug("dropping a malformed signal from %s", message.from);
-      return;
+      console.debug("dropping a malformed signal from %s", peerId);
+    } else if (this.linked.has(peerId)) {
+      this._accept(peerId, signal);
+    } else if (this._unlinked.has(peerId)) {
+      console.debug("dropping a late signal from unlinked %s", peerId);
+    } else {
+      this._hold(peerId, signal);
     }
-    let link = this.links.get(message.from);
-    if (link === undefined) {
-      const name = this.present.get(message.from) ?? message.from;
-      link = this._openLink(message.from, name, false);
-    }
+  }
+
+  /** Apply a signal from a linked peer, after its earlier ones; an offer may open the link. */
+  _accept(peerId, signal) {
+    let link = this.links.get(peerId);
+    if (link === undefined) link = this._openLink(peerId, this.present.get(peerId) ?? peerId, false);
     link.signals = link.signals
-      .then(() => this._apply(link, signal))
+      // A link closed meanwhile (unlinked, or the peer left) takes no more signals.
+      .then(() => (this.links.get(peerId) === link ? this._apply(link, signal) : undefined))
       .catch((error) => console.info("bad signal from %s: %s", link.name, error));
+  }
+
+  _hold(peerId, signal) {
+    let held = this._held.get(peerId);
+    if (held === undefined) {
+      const timer = setTimeout(() => {
+        console.debug("dropping signals from %s: it was never linked to us", peerId);
+        this._held.delete(peerId);
+      }, HOLD_UNLINKED);
+      held = { signals: [], timer };
+      this._held.set(peerId, held);
+    }
+    held.signals.push(signal);
+  }
+
+  _dropHeld(peerId) {
+    clearTimeout(this._held.get(peerId)?.timer);
+    this._held.delete(peerId);
   }
 
   // --- links -------------------------------------------------------------------
@@ -284,7 +379,8 @@ export class MeshPeer extends Emitter {
     this._audioTransceiver(link);
     this._attachTrack(link);
     this._openChannels(link);
-    await pc.setLocalDescription();
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription({ type: "offer", sdp: withOpusDtx(offer.sdp) });
     if (link.pc === pc) this.signaling.signal(link.peerId, pc.localDescription.toJSON());
   }
 
@@ -322,7 +418,8 @@ export class MeshPeer extends Emitter {
     this._audioTransceiver(link);
     this._attachTrack(link);
     this._openChannels(link);
-    await pc.setLocalDescription();
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription({ type: "answer", sdp: withOpusDtx(answer.sdp) });
     this._limitBitrate(link);
     if (link.pc === pc) this.signaling.signal(link.peerId, pc.localDescription.toJSON());
   }
@@ -345,7 +442,7 @@ export class MeshPeer extends Emitter {
   /** Start a failed link again after a backoff; the offerer makes the new offer. */
   async _replace(link) {
     if (this.links.get(link.peerId) !== link) return;
-    if (!this.present.has(link.peerId)) {
+    if (!this.present.has(link.peerId) || !this.linked.has(link.peerId)) {
       this.links.delete(link.peerId);
       this._closeLink(link);
       return;
@@ -368,6 +465,29 @@ export class MeshPeer extends Emitter {
 
 function audioTransceiverOf(pc) {
   return pc.getTransceivers().find((t) => t.receiver.track.kind === "audio");
+}
+
+/**
+ * `sdp` with every Opus format asking for DTX (`usedtx=1`), so that silence
+ * costs next to nothing; its other parameters (useinbandfec, stereo...) stay
+ * as they are. For our own descriptions, before setLocalDescription.
+ */
+export function withOpusDtx(sdp) {
+  const lines = sdp.split("\r\n");
+  const opus = lines.map((line) => /^a=rtpmap:(\d+) opus\//i.exec(line)?.[1]).filter(Boolean);
+  for (const format of opus) {
+    const prefix = `a=fmtp:${format} `;
+    const at = lines.findIndex((line) => line.startsWith(prefix));
+    if (at === -1) {
+      // No parameters yet: a line of its own, after the format's rtpmap.
+      const rtpmap = lines.findIndex((line) => line.startsWith(`a=rtpmap:${format} `));
+      lines.splice(rtpmap + 1, 0, `${prefix}usedtx=1`);
+    } else {
+      const kept = lines[at].slice(prefix.length).split(";").filter((p) => p && !p.trim().startsWith("usedtx="));
+      lines[at] = prefix + [...kept, "usedtx=1"].join(";");
+    }
+  }
+  return lines.join("\r\n");
 }
 
 function channelOptions(spec) {

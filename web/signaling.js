@@ -9,6 +9,7 @@
 import { Emitter } from "./events.js";
 import { closeMessage, reconnectAfter, reconnectDelay } from "./protocol.js";
 
+
 /** The server refused a request: `code` is one of the protocol's error codes. */
 export class SignalingError extends Error {
   constructor(code, message) {
@@ -28,7 +29,8 @@ export function websocketUrl(location = window.location) {
  * Membership of at most one room, through drops and server restarts.
  *
  * Events: `peer_list`, `peer_joined`, `peer_left`, `peer_updated`, `signal`,
- * `rooms` and `server_error`, each with the server's message;
+ * `link`, `unlink`, `positions`, `rooms` and `server_error`, each with the
+ * server's message;
  * `connectionstatechange` with `connectionState` (`new`, `connecting`,
  * `connected`, `reconnecting`, `closed`); and `retrying` ({seconds, why})
  * before each wait to reconnect. After a rejoin, a peer the new peer_list
@@ -54,6 +56,10 @@ export class SignalingClient extends Emitter {
     this._watchToken = null;
     /** Our zone, told again after every rejoin: a restarted server has forgotten it. */
     this.zone = null;
+    /** Where we stand ({x, y}), told again after every rejoin too; sent at most 4 times a second. */
+    this.position = null;
+    this._positionTimer = null;
+    this._positionSentAt = -Infinity;
     /** The room we are in, or joining; rejoined after every reconnect. */
     this.room = null;
     this._watching = false;
@@ -95,6 +101,7 @@ export class SignalingClient extends Emitter {
     this._closed = true;
     clearTimeout(this._retryTimer);
     clearInterval(this._pingTimer);
+    clearTimeout(this._positionTimer);
     this._forgetMembers();
     this._rejectJoin(new SignalingError("closed", "closed before joining"));
     if (this._ws !== null) {
@@ -136,6 +143,9 @@ export class SignalingClient extends Emitter {
     this.room = null;
     this.resumeToken = null;
     this.zone = null;
+    this.position = null;
+    clearTimeout(this._positionTimer);
+    this._positionTimer = null;
     this._forgetMembers();
     this._rejectJoin(new SignalingError("closed", "left before joining"));
     this._send({ type: "leave" });
@@ -146,11 +156,32 @@ export class SignalingClient extends Emitter {
     return this._send({ type: "signal", to, data });
   }
 
-  /** Change our name or zone; a zone of null clears it. */
-  update(fields) {
+  /**
+   * Change our name or zone (a zone of null clears it), or where we stand
+   * (`x` and `y`, in meters). Positions go out at most 4 times a second:
+   * moves in between are folded into the next one, so the last always arrives.
+   */
+  update({ x, y, ...fields }) {
+    if (x !== undefined && y !== undefined && (x !== this.position?.x || y !== this.position?.y)) {
+      this.position = { x, y };
+      this._queuePosition();
+    }
+    if (Object.keys(fields).length === 0) return true;
     if (this.room !== null && "name" in fields) this.room.name = fields.name;
     if ("zone" in fields) this.zone = fields.zone;
     return this._send({ type: "update", ...fields });
+  }
+
+  _queuePosition() {
+    if (this._positionTimer !== null) return;
+    const due = this._positionSentAt + 1000 / this.rules.positionUpdatesPerSecond;
+    this._positionTimer = setTimeout(() => {
+      this._positionTimer = null;
+      // While we are away the rejoin tells the server; until then this one is lost.
+      if (this.position !== null && this._send({ type: "update", ...this.position })) {
+        this._positionSentAt = performance.now();
+      }
+    }, Math.max(0, due - performance.now()));
   }
 
   /**
@@ -287,7 +318,7 @@ export class SignalingClient extends Emitter {
         if (message.name !== undefined) this.room.name = message.name;
         this._setState("connected");
         this._outageOver();
-        if (this.zone !== null) this._write({ type: "update", zone: this.zone });
+        this._retell();
         this._confirm(new Set(message.peers.map((info) => info.peerId)));
         this.emit("peer_list", message);
         this._pendingJoin?.resolve(message);
@@ -338,6 +369,15 @@ export class SignalingClient extends Emitter {
     // A rejoin was refused (the room filled up meanwhile): report it, try again later.
     this.emit("server_error", error);
     this._ws?.close();
+  }
+
+  /** After every (re)join: a restarted server has forgotten our zone and where we stand. */
+  _retell() {
+    const update = { type: "update" };
+    if (this.zone !== null) update.zone = this.zone;
+    if (this.position !== null) Object.assign(update, this.position);
+    if (Object.keys(update).length === 1) return;
+    if (this._write(update) && this.position !== null) this._positionSentAt = performance.now();
   }
 
   _outageOver() {

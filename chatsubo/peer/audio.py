@@ -3,7 +3,9 @@
 Sending costs little per extra peer: a peer encodes its voice ONCE
 (:class:`EncodedAudioTrack` hands Opus ``av.Packet`` objects to aiortc, whose
 ``RTCRtpSender`` then only packetizes them) and fans the packets out to every
-connection through one ``MediaRelay`` (:class:`AudioOut`).
+connection through one ``MediaRelay`` (:class:`AudioOut`). Silence costs
+almost nothing: with DTX, a silent source sends one small packet every 400 ms
+instead of fifty a second.
 
 Receiving: every remote track must be read or aiortc's decoded-frame queue
 grows without bound; :class:`AudioIn` reads one, measures it and keeps the last
@@ -36,10 +38,11 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from numpy.typing import NDArray
 
 from ..space import BAR, OPUS_BITRATE, DistanceModel
+from . import opus
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 48000
+SAMPLE_RATE = opus.SAMPLE_RATE
 FRAME_SAMPLES = 960
 FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
 TIME_BASE = Fraction(1, SAMPLE_RATE)
@@ -282,37 +285,62 @@ class EncodedAudioTrack(_PacedTrack):
     it hands to ``encoder.pack()``, which reads the packet's bytes, ``pts`` and
     ``time_base``. So however many connections relay this track, it is encoded
     once. Do not add it to connections directly (see :class:`AudioOut`).
+
+    Silence is not sent (DTX, through libopus itself: FFmpeg's wrapper has no
+    such option). A frame libopus leaves unsent is skipped, and :meth:`recv`
+    waits for the next real packet, whose pts has gone on in real time. The
+    sender makes the RTP timestamp of the pts, so the timestamp jumps across
+    the silence while the sequence numbers run on without a hole: that is how
+    a receiver tells silence from loss. Without libopus (see ``opus.libopus``)
+    PyAV encodes, and silence is sent like sound.
     """
 
     def __init__(self, source: AudioSource, bitrate: int = OPUS_BITRATE) -> None:
         super().__init__(source)
-        self._encoder: Any = av.CodecContext.create("libopus", "w")
-        self._encoder.bit_rate = bitrate
-        self._encoder.format = "s16"
-        self._encoder.layout = "mono"
-        self._encoder.sample_rate = SAMPLE_RATE
-        self._encoder.time_base = TIME_BASE
-        # In-band FEC, as browsers send: each packet carries a coarse copy of the
-        # one before, from which a receiver rebuilds it if lost (see .receiving).
-        # libopus adds it to speech only, within the bitrate (about 3% more for
-        # a voice). Sized for 5% loss: at 10% libopus also moves a steady tone
-        # from CELT to SILK, which conceals a lost tone frame far worse.
-        self._encoder.options = {"application": "voip", "fec": "1", "packet_loss": "5"}
-        self._pending: collections.deque[av.Packet[Any]] = collections.deque()
+        lib = opus.libopus()
+        self._opus = None if lib is None else opus.Encoder(lib, bitrate)
+        self._av: Any = None
+        if self._opus is None:
+            self._av = av.CodecContext.create("libopus", "w")
+            self._av.bit_rate = bitrate
+            self._av.format = "s16"
+            self._av.layout = "mono"
+            self._av.sample_rate = SAMPLE_RATE
+            self._av.time_base = TIME_BASE
+            # opus.Encoder's settings, less DTX.
+            self._av.options = {"application": "voip", "fec": "1", "packet_loss": "5"}
+        self._pending: collections.deque[bytes] = collections.deque()
 
     async def recv(self) -> av.Packet[Any]:
-        """The next packet, at its due time."""
-        await self._pace()
-        # libopus takes well under a millisecond for 20 ms of mono, so encoding
-        # here is cheaper than a hop to the thread pool.
+        """The next packet to send, at its due time."""
+        while True:
+            await self._pace()
+            # libopus takes well under a millisecond for 20 ms of mono, so encoding
+            # here is cheaper than a hop to the thread pool.
+            data = self._encode()
+            pts = self._pts
+            self._pts += FRAME_SAMPLES
+            if len(data) > opus.DTX_MAX_BYTES:
+                packet = av.Packet(data)
+                # Ours, in real time, not the encoder's (PyAV's starts negative: pre-skip).
+                packet.pts = pts
+                packet.time_base = TIME_BASE
+                return packet
+
+    def _encode(self) -> bytes:
+        """The source's next 20 ms as one Opus packet."""
+        if self._opus is not None:
+            pcm = np.ascontiguousarray(self.source.read(), np.int16)
+            return self._opus.encode(pcm.ctypes.data, len(pcm))
         while not self._pending:
-            self._pending.extend(self._encoder.encode(self._frame()))
-        packet = self._pending.popleft()
-        # The encoder's own pts starts negative (Opus pre-skip); RTP wants ours.
-        packet.pts = self._pts
-        packet.time_base = TIME_BASE
-        self._pts += FRAME_SAMPLES
-        return packet
+            self._pending.extend(bytes(p) for p in self._av.encode(self._frame()))
+        return self._pending.popleft()
+
+    def stop(self) -> None:
+        """End the track, releasing the source and the encoder."""
+        super().stop()
+        if self._opus is not None:
+            self._opus.close()
 
 
 class AudioOut:
@@ -357,7 +385,9 @@ class PcmBuffer:
     With ``slack``, playing starts (and, after running dry, starts again) only
     once that many frames wait beyond the one being played. A frame that the
     receive path conceals for a lost packet comes only with the next packet,
-    one frame late; one frame of slack plays it with no gap.
+    one frame late; one frame of slack plays it with no gap. Across a silence
+    the sender did not send (DTX) it runs dry and starts again the same way,
+    on whole frames, so the next talk spurt comes back without a click.
     """
 
     def __init__(self, max_frames: int = 5, slack: int = 0) -> None:
@@ -433,12 +463,29 @@ class _Chunk:
         return self._energy
 
 
+class AfterSilence:
+    """The mark (``frame.opaque``) on the first frame after a silence the sender chose (DTX).
+
+    The inline receive path (``.receiving``) sets it: the pts jump before that
+    frame is silence, not loss. Give each frame a new one: PyAV files
+    ``opaque`` values by ``id()``, so a mark shared by two frames would vanish
+    from both once the first of them is freed.
+    """
+
+    __slots__ = ()
+
+
 class AudioIn:
     """Reads one remote audio track for as long as it lives; the mixer's view of that peer.
 
     Every remote track needs one (or a MediaBlackhole): aiortc queues decoded
     frames without bound until someone reads them. Construct it inside the
     running loop, e.g. in the connection's ``track`` handler.
+
+    A jump in the frames' pts is either silence the sender chose (DTX), which
+    the inline receive path tells from loss by the sequence numbers and marks
+    (:class:`AfterSilence`), or a gap: audio lost and not made up. aiortc's own
+    receive path cannot tell them apart, so there every silence is a gap.
     """
 
     def __init__(self, track: MediaStreamTrack, name: str = "") -> None:
@@ -450,6 +497,9 @@ class AudioIn:
         #: Times the pts jumped by more than one frame, and the samples thereby missing.
         self.gaps = 0
         self.missing_samples = 0
+        #: Times the sender fell silent (DTX), and the samples it did not send.
+        self.silences = 0
+        self.silent_samples = 0
         self.last_pts: int | None = None
         #: Loop time of the first frame, to compare ``frames`` with the time elapsed.
         self.first_frame_at: float | None = None
@@ -478,9 +528,13 @@ class AudioIn:
             self.first_frame_at = asyncio.get_running_loop().time()
         self.frames += 1
         if frame.pts is not None:
-            if self.last_pts is not None and frame.pts - self.last_pts > frame.samples:
+            jump = 0 if self.last_pts is None else frame.pts - self.last_pts - frame.samples
+            if jump > 0 and isinstance(frame.opaque, AfterSilence):
+                self.silences += 1
+                self.silent_samples += jump
+            elif jump > 0:
                 self.gaps += 1
-                self.missing_samples += frame.pts - self.last_pts - frame.samples
+                self.missing_samples += jump
             self.last_pts = frame.pts
         self.buffer.push(frame)
         if self.on_frame is not None:

@@ -100,6 +100,7 @@ class Bot:
         self.peer.on("peerdisconnected", self._on_gone)
         self.peer.on("chat", self._on_chat)
         self.peer.on("position", self._on_position)
+        self.peer.on("farposition", self._on_far_position)
         self.peer.on("audio", self._on_audio)
         signaling = self.peer.signaling
         signaling.on(
@@ -176,13 +177,27 @@ class Bot:
         self.mixer.add(peer_id, audio_in, where)
 
     def _on_position(self, peer_id: str, position: Position) -> None:
+        """A linked peer moved: heard from there, and reported (``position``)."""
         self.mixer.move(peer_id, (position.x, position.y))
         self._report("position", peer=peer_id, x=position.x, y=position.y, zone=position.zone)
+        self._settle(peer_id)
+
+    def _on_far_position(self, peer_id: str, where: Point) -> None:
+        """Where the server says a member stands: one to avoid, not reported.
+
+        In a big room most members are out of earshot and move all the time;
+        their batches would flood ``--json``. A linked peer is heard from
+        there until its own positions come.
+        """
+        self.mixer.move(peer_id, where)
         self._settle(peer_id)
 
     def _on_peer_list(self, message: p.PeerList) -> None:
         if self._unplaced is None:
             self._unplaced = {info.peer_id for info in message.peers}
+            # The server told us already where some of them stand.
+            for peer_id in self._unplaced & self.peer.positions.keys():
+                self._settle(peer_id)
 
     def _on_updated(self, message: p.PeerUpdated) -> None:
         self._report("peer_updated", peer=message.peer_id, name=message.name, zone=message.zone)
@@ -208,20 +223,17 @@ class Bot:
         return zone
 
     def _others(self) -> list[Point]:
-        """Where everyone we are connected to stands, as far as we have heard."""
-        return [
-            (link.position.x, link.position.y)
-            for link in self.peer.links.values()
-            if link.position is not None
-        ]
+        """Where everyone in the room stands, as far as we have heard (linked or not)."""
+        return list(self.peer.positions.values())
 
     def _settle(self, peer_id: str) -> None:
         """Step aside if someone who was here first turns out to stand where we appeared.
 
-        We learn where people stand only once our links are up, so a
-        newcomer's first spot ignores them. Each one who was here before us
-        is checked once, on their first position, and only while we still
-        stand where we appeared; they never move for us.
+        A newcomer's first spot ignores them: we learn where people stand
+        only from ``peer_list`` (those who have told the server) and then
+        from their positions. Each one who was here before us is checked
+        once, on their first position, and only while we still stand where
+        we appeared; they never move for us.
         """
         if self._unplaced is None or peer_id not in self._unplaced:
             return
@@ -250,10 +262,12 @@ class Bot:
             self._sinks.append(Speaker(self.mixer))
         if self.options.record:
             self._sinks.append(WavRecorder(self.options.record, self.mixer))
+        # Said with the join: the server links a big room's members by where they stand.
+        self.move(*self.position)
         await self.peer.start()
         self._report("joined", peer=self.peer.peer_id, room=self.options.room)
-        zone = self.move(*self.position)
-        await self._tell_zone(zone)
+        # Of where we stand now: the join may have made us step aside already.
+        await self._tell_zone(BAR.map.zone_at(*self.position))
         self._tasks.append(asyncio.create_task(self._audio_reports()))
         if self.options.wander:
             self._tasks.append(asyncio.create_task(self._wander()))
@@ -332,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     zones = ", ".join(z.name for z in BAR.map.zones)
     parser = argparse.ArgumentParser(
         prog="python -m chatsubo.client",
-        description="Run headless Chatsubo bots: each joins a room, connects to everyone there "
-        "peer to peer, speaks (a tone by default), and stays until Ctrl-C.",
+        description="Run headless Chatsubo bots: each joins a room, connects peer to peer to "
+        "the people near it (everyone, in a small room), speaks (a tone by default), and "
+        "stays until Ctrl-C.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(

@@ -1,10 +1,13 @@
-"""A mesh peer: one RTCPeerConnection to every other peer in a room.
+"""A mesh peer: one RTCPeerConnection to each peer of a room that the server links it to.
 
-The signaling client finds the others; this module connects to each of them
-directly. The newcomer offers to everyone in its ``peer_list`` and answers
-nobody; existing peers answer. A link that does not connect in time, or fails
-later, is replaced with backoff. Links survive signaling outages: when the
-client rejoins, healthy links are kept as they are.
+The server decides who is connected to whom (everyone in a small room, the
+people near each other in a big one) and says so with ``link`` and
+``unlink``; this module connects to those peers directly. ``link`` names the
+end that offers, so offers never cross; offers from peers we are not linked
+to are dropped. A link that does not connect in time, or fails later, is
+replaced with backoff; ``unlink`` closes it for good. Links survive
+signaling outages: a ``link`` for a peer we are linked to already keeps the
+connection as it is.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class Link:
 
     peer_id: str
     name: str
-    #: Whether we make the offers on this link (we were the newcomer).
+    #: Whether we make the offers on this link, as the server's ``link`` said.
     offerer: bool
     pc: RTCPeerConnection
     #: The data channels, made once the media sections exist (see ``_open_channels``).
@@ -94,15 +97,17 @@ class Link:
 
 
 class MeshPeer(AsyncIOEventEmitter):
-    """Joins a room and keeps a full mesh of peer connections with everyone in it.
+    """Joins a room and keeps a peer connection with each peer the server links it to.
 
     Events: ``peerconnected(peer_id)`` once a link can carry chat,
-    ``peerdisconnected(peer_id)``,
-    ``chat(peer_id, Chat)``, ``position(peer_id, Position)`` and
-    ``audio(peer_id, AudioIn)`` for each remote audio track, which is read
-    (and its frames counted) whether or not anyone listens, and
-    ``audiolevel(peer_id, dbfs)`` for each of them ``LEVEL_RATE`` times a
-    second, for speaking indicators. ``audio`` is the
+    ``peerdisconnected(peer_id)`` when it fails or goes (unlinked, or the
+    peer left), ``chat(peer_id, Chat)``, ``position(peer_id, Position)``
+    from a linked peer itself, ``farposition(peer_id, (x, y))`` from the
+    server for a member that has told us nothing itself yet (see
+    :attr:`positions`), ``audio(peer_id, AudioIn)`` for each remote audio
+    track, which is read (and its frames counted) whether or not anyone
+    listens, and ``audiolevel(peer_id, dbfs)`` for each of them
+    ``LEVEL_RATE`` times a second, for speaking indicators. ``audio`` is the
     peer's one encoded outgoing stream, shared by every link; without it the
     peer only listens.
     """
@@ -122,6 +127,11 @@ class MeshPeer(AsyncIOEventEmitter):
         self.links: dict[str, Link] = {}
         #: Peers the server says are in the room (or were, before an outage).
         self.present: dict[str, str] = {}
+        #: Where each member stands, as far as we know: for a linked peer, from
+        #: its own ``pos`` messages (ten a second, what the mixer follows) once
+        #: they come; for everyone else from the server (``peer_list`` and the
+        #: ``positions`` batches, twice a second).
+        self.positions: dict[str, tuple[float, float]] = {}
         self._audio = audio
         self._chat_ids = itertools.count(1)
         self._position_seq = itertools.count()
@@ -130,11 +140,19 @@ class MeshPeer(AsyncIOEventEmitter):
         self._position_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._levels: asyncio.Task[None] | None = None
+        #: After a rejoin, the links the server has not named again yet, and
+        #: the timer that closes them (the server may have restarted).
+        self._joined = False
+        self._unconfirmed: set[str] = set()
+        self._confirm_timer: asyncio.TimerHandle | None = None
         self.signaling.on("peer_list", self._on_peer_list)
         self.signaling.on("peer_joined", self._on_peer_joined)
         self.signaling.on("peer_left", self._on_peer_left)
         self.signaling.on("peer_updated", self._on_peer_updated)
         self.signaling.on("signal", self._on_signal)
+        self.signaling.on("link", self._on_link)
+        self.signaling.on("unlink", self._on_unlink)
+        self.signaling.on("positions", self._on_positions)
 
     @property
     def peer_id(self) -> str | None:
@@ -161,8 +179,9 @@ class MeshPeer(AsyncIOEventEmitter):
     async def close(self) -> None:
         """Leave the room and close every link; cannot hang."""
         self._closing = True
-        if self._position_timer is not None:
-            self._position_timer.cancel()
+        for timer in (self._position_timer, self._confirm_timer):
+            if timer is not None:
+                timer.cancel()
         if self._levels is not None:
             self._levels.cancel()
             await asyncio.gather(self._levels, return_exceptions=True)
@@ -183,14 +202,17 @@ class MeshPeer(AsyncIOEventEmitter):
         return message
 
     def move(self, x: float, y: float, zone: str | None = None) -> None:
-        """Stand somewhere else; everyone connected is told, unless nothing changed.
+        """Stand somewhere else; everyone connected is told, and the server, unless nothing changed.
 
-        Updates go out at most ``POSITION_RATE`` times a second; moves in
-        between are folded into the next one, so the last always arrives.
+        Updates go out to links at most ``POSITION_RATE`` times a second, to
+        the server at most ``POSITION_UPDATES_PER_SECOND`` (see
+        ``SignalingClient.move``); moves in between are folded into the next
+        one, so the last always arrives.
         """
         current = self._position
         if current is not None and (current.x, current.y, current.zone) == (x, y, zone):
             return
+        self.signaling.move(x, y)
         self._position = channels.Position(
             x=x, y=y, zone=zone, seq=next(self._position_seq), ts=time.time() * 1000
         )
@@ -222,26 +244,69 @@ class MeshPeer(AsyncIOEventEmitter):
     # --- signaling events ----------------------------------------------------------
 
     def _on_peer_list(self, message: p.PeerList) -> None:
+        # Links come with ``link``; after a rejoin the server names again those
+        # it keeps, and a server that restarted has forgotten the others.
         for info in message.peers:
             self.present[info.peer_id] = info.name
-            link = self.links.get(info.peer_id)
-            if link is None:
-                self._open_link(info.peer_id, info.name, offerer=True)
-            else:
-                logger.debug("keeping the link to %s across the rejoin", info.peer_id)
+            if info.x is not None and info.y is not None:
+                self._far_position(info.peer_id, info.x, info.y)
+        if self._joined:
+            self._unconfirmed = set(self.links)
+            if self._confirm_timer is not None:
+                self._confirm_timer.cancel()
+            self._confirm_timer = asyncio.get_running_loop().call_later(
+                p.CLIENT_RULES.link_confirm_wait, self._close_unconfirmed
+            )
+        self._joined = True
+
+    def _close_unconfirmed(self) -> None:
+        self._confirm_timer = None
+        for peer_id in sorted(self._unconfirmed):
+            self._on_unlink(p.Unlink(peer_id=peer_id))
+        self._unconfirmed.clear()
 
     def _on_peer_joined(self, message: p.PeerJoined) -> None:
         self.present[message.peer_id] = message.name
-        if message.peer_id in self.links:
-            return
-        self._open_link(message.peer_id, message.name, offerer=False)
 
     def _on_peer_left(self, message: p.PeerLeft) -> None:
         self.present.pop(message.peer_id, None)
+        self.positions.pop(message.peer_id, None)
         link = self.links.pop(message.peer_id, None)
         if link is not None:
             logger.info("%s left (%s)", link.name, message.reason.value)
             self._spawn(self._close_link(link))
+
+    def _on_link(self, message: p.Link) -> None:
+        self._unconfirmed.discard(message.peer_id)
+        link = self.links.get(message.peer_id)
+        if link is None:
+            name = self.present.get(message.peer_id, message.peer_id)
+            self._open_link(message.peer_id, name, offerer=message.offer)
+            return
+        # After a rejoin or a server restart: keep the connection as it is. Should
+        # the roles have changed, the next retry of a link still down follows them.
+        logger.debug("already linked to %s; keeping the connection", link.name)
+        link.offerer = message.offer
+
+    def _on_unlink(self, message: p.Unlink) -> None:
+        link = self.links.pop(message.peer_id, None)
+        if link is not None:
+            logger.info("unlinked from %s: out of earshot", link.name)
+            self._spawn(self._close_link(link))
+
+    def _on_positions(self, message: p.Positions) -> None:
+        for where in message.peers:
+            self._far_position(where.peer_id, where.x, where.y)
+
+    def _far_position(self, peer_id: str, x: float, y: float) -> None:
+        """A position from the server, for a member that does not tell us its own."""
+        link = self.links.get(peer_id)
+        if peer_id not in self.present or (link is not None and link.position is not None):
+            # Ours (we are not among those present), one gone, or older than
+            # what the peer itself sends ten times a second.
+            return
+        self.positions[peer_id] = (x, y)
+        self.emit("farposition", peer_id, (x, y))
 
     def _on_peer_updated(self, message: p.PeerUpdated) -> None:
         if message.peer_id in self.present:
@@ -258,8 +323,9 @@ class MeshPeer(AsyncIOEventEmitter):
             return
         link = self.links.get(message.from_)
         if link is None:
-            name = self.present.get(message.from_, message.from_)
-            link = self._open_link(message.from_, name, offerer=False)
+            # Late, from a link just closed, or early, from one not made.
+            logger.debug("dropping a signal from %s, to whom we are not linked", message.from_)
+            return
         link.signals.put_nowait(signal)
 
     # --- links ---------------------------------------------------------------------
@@ -342,9 +408,10 @@ class MeshPeer(AsyncIOEventEmitter):
             # Unordered channel: a late, older update must not move anyone back.
             if link.position is None or position.seq > link.position.seq:
                 link.position = position
+                self.positions[link.peer_id] = (position.x, position.y)
                 self.emit("position", link.peer_id, position)
 
-    def _open_link(self, peer_id: str, name: str, *, offerer: bool) -> Link:
+    def _open_link(self, peer_id: str, name: str, *, offerer: bool) -> None:
         link = Link(peer_id=peer_id, name=name, offerer=offerer, pc=self._new_connection())
         self.links[peer_id] = link
         self._wire(link)
@@ -352,7 +419,6 @@ class MeshPeer(AsyncIOEventEmitter):
         if offerer:
             self._spawn(self._offer(link), link)
         self._spawn(self._watchdog(link, link.pc), link)
-        return link
 
     def _wire(self, link: Link) -> None:
         """Connect a link's connection and channels to our events."""

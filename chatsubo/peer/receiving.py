@@ -17,6 +17,10 @@ playout against jitter is left to the sink, which buffers a few frames anyway
 (``PcmBuffer``). The receiver's own decoder thread is left idle and ends with
 the receiver.
 
+Silence a sender chose not to send (Opus DTX) is no loss: the sequence
+numbers run on while the timestamp jumps. The first frame after it is marked
+(:class:`~.audio.AfterSilence`) for :class:`~.audio.AudioIn`, and nothing is made up.
+
 A lost packet leaves no hole: when the next one arrives, the frames missing
 before it are made up first, stamped with the times they stand for. The one
 just before it is rebuilt from that packet's in-band FEC where the sender
@@ -41,7 +45,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from . import opus
-from .audio import FRAME_SAMPLES, SAMPLE_RATE, TIME_BASE
+from .audio import FRAME_SAMPLES, SAMPLE_RATE, TIME_BASE, AfterSilence
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +179,10 @@ class InlineAudioPath(JitterBuffer):
             self._first_timestamp = packet.timestamp
         # Frames count from zero, as aiortc's own receive path stamps them.
         pts = (packet.timestamp - self._first_timestamp) & 0xFFFFFFFF
+        # The very next packet, yet later than the last frame ended: DTX silence.
+        silent = (
+            ahead == 0 and self._end is not None and 0 < (pts - self._end) & 0xFFFFFFFF < 0x80000000
+        )
         data: bytes = getattr(packet, "_data", packet.payload)
         try:
             if missing and isinstance(decoder, _ConcealingOpusMono):
@@ -186,6 +194,8 @@ class InlineAudioPath(JitterBuffer):
             logger.debug("dropping an undecodable audio packet: %s", exc)
             return False, None
         self.received += 1
+        if silent and decoded:
+            decoded[0].opaque = AfterSilence()
         for frame in decoded:
             self._hand_on(frame)
         return False, None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import ssl
 from dataclasses import dataclass, field
@@ -94,7 +95,9 @@ class SignalingClient(AsyncIOEventEmitter):
 
     Events, each with the message from :mod:`chatsubo.protocol`:
     ``peer_list``, ``peer_joined``, ``peer_left``, ``peer_updated``,
-    ``signal``, ``rooms`` and ``server_error``; ``connectionstatechange``
+    ``signal``, ``link``, ``unlink``, ``positions``, ``rooms`` and
+    ``server_error`` (any other message as an event named by its type);
+    ``connectionstatechange``
     when :attr:`connectionState` changes (``new``, ``connecting``,
     ``connected``, ``reconnecting``, ``closed``); and ``retrying(url, why,
     seconds)`` before each wait to reconnect, ``url`` being the one it will try.
@@ -131,6 +134,12 @@ class SignalingClient(AsyncIOEventEmitter):
         #: Our zone, told to the server again after every rejoin: a restarted
         #: server has forgotten it, and the lobby counts people by zone.
         self.zone: str | None = None
+        #: Where we stand (see :meth:`move`), told again after every rejoin
+        #: too: the server links us to the people near us by it.
+        self.position: tuple[float, float] | None = None
+        self._position_sent: tuple[float, float] | None = None
+        self._position_sent_at = -math.inf
+        self._mover: asyncio.Task[None] | None = None
         self.connectionState = "new"
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
@@ -178,10 +187,11 @@ class SignalingClient(AsyncIOEventEmitter):
                 await _write(ws, p.Leave())
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.close()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._mover):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for timer in self._unconfirmed.values():
             timer.cancel()
         self._unconfirmed.clear()
@@ -202,6 +212,32 @@ class SignalingClient(AsyncIOEventEmitter):
         if zone is not msgspec.UNSET:
             self.zone = zone
         return await self._send(p.Update(name=msgspec.UNSET if name is None else name, zone=zone))
+
+    def move(self, x: float, y: float) -> None:
+        """Tell the server where we stand, in meters on the map.
+
+        At most ``POSITION_UPDATES_PER_SECOND`` updates a second: a move goes
+        out at once if none went out in the last interval, else at its end,
+        folded with any later moves so that the last position always goes
+        out last; nothing goes out while nothing changed. While disconnected
+        moves wait for the rejoin, which sends the position anyway.
+        """
+        self.position = (x, y)
+        if self._mover is None or self._mover.done():
+            self._mover = asyncio.create_task(self._send_positions())
+
+    async def _send_positions(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.position is not None and self.position != self._position_sent:
+            wait = self._position_sent_at + 1 / p.POSITION_UPDATES_PER_SECOND - loop.time()
+            if wait > 0:
+                # Then look again: a rejoin may have sent it meanwhile.
+                await asyncio.sleep(wait)
+                continue
+            position = self.position
+            if not await self._send(p.Update(x=position[0], y=position[1])):
+                return
+            self._position_sent, self._position_sent_at = position, loop.time()
 
     async def watch_rooms(self) -> bool:
         """Ask for the lobby's room list, as ``rooms`` events."""
@@ -314,8 +350,7 @@ class SignalingClient(AsyncIOEventEmitter):
                     self.resume_token = message.resume_token or self.resume_token
                     self.name = message.name or self.name
                     self._set_state("connected")
-                    if self.zone is not None:
-                        await _write(ws, p.Update(zone=self.zone))
+                    await self._tell_again(ws)
                     self._confirm({info.peer_id for info in message.peers})
                     self.emit("peer_list", message)
                     if self._joined is not None and not self._joined.done():
@@ -340,6 +375,18 @@ class SignalingClient(AsyncIOEventEmitter):
                 case _:
                     self.emit(str(message.__struct_config__.tag), message)
         return joined
+
+    async def _tell_again(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """After a (re)join, our zone and position: a restarted server has forgotten both."""
+        position = self.position
+        if self.zone is None and position is None:
+            return
+        x, y = position or (msgspec.UNSET, msgspec.UNSET)
+        zone = msgspec.UNSET if self.zone is None else self.zone
+        await _write(ws, p.Update(zone=zone, x=x, y=y))
+        if position is not None:
+            self._position_sent = position
+            self._position_sent_at = asyncio.get_running_loop().time()
 
     def _join(self, resume: str | None) -> p.Join:
         return p.Join(room_id=self.room_id, name=self.name, resume=resume, token=self.token)

@@ -28,6 +28,15 @@ class Unavailable(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class LinkChange:
+    """A pair linked or unlinked by the link rule; ``offerer`` is the end that offers."""
+
+    a: str
+    b: str
+    offerer: str
+
+
+@dataclass(frozen=True, slots=True)
 class Seated:
     """A member just seated, with the rest of its room as it stood at that moment."""
 
@@ -58,6 +67,14 @@ class RoomListener(Protocol):
 
     def lobby_changed(self) -> None:
         """Some room's counts changed."""
+
+    def links_changed(
+        self, room_id: str, added: list[LinkChange], removed: list[LinkChange]
+    ) -> None:
+        """Tell both ends of each pair here that it is now linked, or unlinked."""
+
+    def positions_heard(self, room_id: str, frame: bytes) -> None:
+        """Another instance's ``positions`` batch for ``room_id``: pass it on, and note them."""
 
     def holding(self) -> set[str]:
         """The peers whose connection is here, or was until it dropped a moment ago."""
@@ -139,6 +156,24 @@ class RoomBackend(abc.ABC):
     @abc.abstractmethod
     async def room_list(self, capacity: int) -> list[p.RoomInfo]:
         """Every room with its counts across every instance, sorted by name."""
+
+    @abc.abstractmethod
+    async def directs(self, room_id: str) -> bool:
+        """Whether this instance runs the link rule for ``room_id`` (and may keep doing so)."""
+
+    @abc.abstractmethod
+    async def links(self, room_id: str) -> dict[tuple[str, str], str]:
+        """The pairs linked in ``room_id`` as last told, each with its offerer."""
+
+    @abc.abstractmethod
+    async def tell_links(
+        self, room_id: str, added: list[LinkChange], removed: list[LinkChange]
+    ) -> bool:
+        """Record the changes and tell both ends of each; False if another instance directs it."""
+
+    @abc.abstractmethod
+    async def tell_positions(self, room_id: str, frame: bytes) -> None:
+        """Pass a ``positions`` batch of members here to the room's other instances."""
 
 
 def unknown_peer(to: str, room_id: str) -> p.ProtocolError:

@@ -29,11 +29,15 @@ from .app import create_app
 from .config import ServerConfig
 from .identity import ANY_ROOM, SECRET_ENV, TokenSigner, default_state_dir, load_secret
 from .tls import local_addresses, self_signed_certificate, server_context
+from .topology import LinkRules
 from .turn import TurnCredentials
 
 logger = logging.getLogger("chatsubo")
 
 _COMMANDS = ("serve", "token")
+
+#: The biggest room a server carries (see docs/performance.md).
+MAX_ROOM_SIZE = 500
 
 
 def _ice_url(text: str) -> str:
@@ -60,6 +64,15 @@ def _redis_url(text: str) -> str:
             f"{text!r} is not a redis://, rediss:// or unix:// URL (e.g. redis://127.0.0.1:6379/0)"
         )
     return text
+
+
+def _room_size(text: str) -> int:
+    size = positive_int(text)
+    if size > MAX_ROOM_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_ROOM_SIZE}: a room's positions go to all its members twice a second"
+        )
+    return size
 
 
 def _udp_port(text: str) -> int:
@@ -134,7 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on")
     serve.add_argument(
-        "--max-room-size", type=positive_int, default=10, help="people allowed in one room"
+        "--max-room-size",
+        type=_room_size,
+        default=10,
+        help=f"people allowed in one room, at most {MAX_ROOM_SIZE}",
+    )
+    serve.add_argument(
+        "--full-mesh-up-to",
+        type=positive_int,
+        default=LinkRules.full_mesh_up_to,
+        metavar="N",
+        help="rooms of up to N people link everyone peer to peer; bigger ones link each "
+        "person only to those within earshot",
+    )
+    serve.add_argument(
+        "--max-links",
+        type=positive_int,
+        default=LinkRules.max_links,
+        metavar="K",
+        help="in a bigger room, the most peer-to-peer links one person has, nearest first",
     )
     serve.add_argument(
         "--max-connections", type=positive_int, default=20000, help="open WebSockets allowed"
@@ -339,6 +370,7 @@ def serve(args: argparse.Namespace) -> int:
         secret=secret,
         max_room_size=args.max_room_size,
         require_token=args.require_token,
+        links=LinkRules(full_mesh_up_to=args.full_mesh_up_to, max_links=args.max_links),
         max_connections=args.max_connections,
         ice_servers=_ice_servers(args),
         allowed_origins=args.allow_origin,

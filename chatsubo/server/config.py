@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..protocol import MAX_MESSAGE_BYTES, IceServer
+from .topology import LinkRules
 from .turn import TurnCredentials
 
 
@@ -14,6 +15,8 @@ class ServerConfig:
 
     secret: bytes
     max_room_size: int = 10
+    #: Who is linked to whom: everyone in small rooms, the near in big ones.
+    links: LinkRules = field(default_factory=LinkRules)
     #: Every join needs an invite token for its room (``chatsubo token`` makes them).
     require_token: bool = False
     #: Handed to every client. Empty means host candidates only: no public STUN

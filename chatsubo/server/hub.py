@@ -8,10 +8,13 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from msgspec import UnsetType
+
 from .. import protocol as p
-from .backend import RoomBackend, RoomFull, Seated, Unavailable
+from .backend import LinkChange, RoomBackend, RoomFull, Seated, Unavailable
 from .config import ServerConfig
 from .identity import ANY_ROOM, Resume, TokenRejected, TokenSigner
+from .links import LinkDirector
 from .memory import MemoryBackend
 from .metrics import Metrics
 from .rooms import Member
@@ -48,6 +51,8 @@ class Hub:
         #: The latest room change in flight for each peer; the next waits for it.
         self._pending: dict[str, asyncio.Task[Any]] = {}
         self._watchers: set[Session] = set()
+        #: Where everyone stands, and who is linked to whom.
+        self.director = LinkDirector(config.links, self.backend, self._to_room)
         self.metrics = Metrics(
             connections=self.connections,
             rooms=lambda: len({m.room_id for m in self.members_here()}),
@@ -117,6 +122,7 @@ class Hub:
     async def start(self) -> None:
         """Start the backend and the background work: the room list broadcast and the heartbeat."""
         await self.backend.start(self)
+        self.director.start()
         if self.stun is not None:
             await self.stun.start()
         self._lobby_task = asyncio.create_task(self._run_lobby())
@@ -137,7 +143,10 @@ class Hub:
             task.cancel()
         if tasks:
             # Their outcome is of no interest now; _settle has logged any failure.
-            await asyncio.wait(tasks)
+            # Bounded: a cancel that reaches a Redis call may come out of
+            # redis-py as a connection error, which a loop would carry on from.
+            await asyncio.wait(tasks, timeout=5.0)
+        await self.director.close()
         for timer in self._expiry.values():
             timer.cancel()
         self._expiry.clear()
@@ -277,7 +286,7 @@ class Hub:
 
         The same sweep hands out fresh TURN credentials when they are due.
         """
-        while True:
+        while not self.closing:
             await asyncio.sleep(self.config.heartbeat / HEARTBEAT_TICKS)
             now = time.monotonic()
             for session in list(self._sessions):
@@ -343,7 +352,7 @@ class Hub:
             p.PeerList(
                 room_id=msg.room_id,
                 peer_id=peer_id,
-                peers=[m.info() for m in seated.others],
+                peers=[self._placed(m) for m in seated.others],
                 resume_token=self.signer.issue(peer_id, msg.room_id, fixed_name),
                 name=fixed_name,
             )
@@ -353,6 +362,8 @@ class Hub:
             if seq is None or seq > seated.seq:
                 session.send(data)
         session.early.clear()
+        if msg.resume is not None:
+            await self._tell_links(session, msg.room_id)
         self.metrics.join_latency.observe(time.perf_counter() - started)
 
     def _admit(self, msg: p.Join, resume: Resume | None) -> str | None:
@@ -378,6 +389,31 @@ class Hub:
             raise p.ProtocolError(
                 p.ErrorCode.UNAUTHORIZED, f"the invite does not open room {room}: {exc}"
             ) from None
+
+    async def _tell_links(self, session: Session, room_id: str) -> None:
+        """Tell a member who came back whom it is linked to: the links it keeps.
+
+        After a rejoin a client closes the links it is not told of again
+        (the server may have restarted and forgotten them).
+        """
+        try:
+            pairs = await self.backend.links(room_id)
+        except Unavailable as exc:
+            logger.debug("links of %s not told again: %s", session.peer_id, exc)
+            return
+        me = session.peer_id
+        for (a, b), offerer in sorted(pairs.items()):
+            if me in (a, b):
+                other = b if me == a else a
+                session.send_message(p.Link(peer_id=other, offer=me == offerer))
+
+    def _placed(self, member: Member) -> p.PeerInfo:
+        """How others see ``member``, with where it stands if it has said."""
+        info = member.info()
+        position = self.director.positions.get(member.peer_id)
+        if position is not None:
+            info.x, info.y = position
+        return info
 
     async def _seat(self, peer_id: str, msg: p.Join, name: str) -> Seated:
         """Seat ``peer_id`` as ``name`` in the room ``msg`` asks for, wherever it was before."""
@@ -417,8 +453,13 @@ class Hub:
             logger.info("peer %s left %s (%s)", peer_id, member.room_id, reason.value)
 
     async def update(self, session: Session, msg: p.Update) -> None:
-        """Change a member's name or zone and tell the room."""
+        """Change a member's name or zone and tell the room; note where it stands."""
         member = self._seat_of(session)
+        position = msg.position
+        if position is not None:
+            self.director.moved(member, position)
+            if isinstance(msg.name, UnsetType) and isinstance(msg.zone, UnsetType):
+                return
         fixed = session.fixed_name
         if fixed is not None and isinstance(msg.name, str) and msg.name != fixed:
             raise p.ProtocolError(
@@ -440,6 +481,7 @@ class Hub:
 
     def room_event(self, room_id: str, seq: int | None, data: bytes, exclude: str | None) -> None:
         """Pass a room's event to its members connected here."""
+        self.director.members_changed(room_id)
         for peer_id, session in self._rooms.get(room_id, {}).items():
             if peer_id == exclude:
                 continue
@@ -451,6 +493,7 @@ class Hub:
 
     def rebase(self, room_id: str, seq: int) -> None:
         """After a resynchronisation, the members here know the room as of event ``seq``."""
+        self.director.members_changed(room_id)
         for session in self._rooms.get(room_id, {}).values():
             if session.since is not None:
                 session.since = seq
@@ -475,6 +518,49 @@ class Hub:
         """Some room's counts changed: the watchers get a fresh list soon."""
         self._lobby_dirty.set()
 
+    def links_changed(
+        self, room_id: str, added: list[LinkChange], removed: list[LinkChange]
+    ) -> None:
+        """Tell the ends here of each pair to link (naming the offerer) or to unlink."""
+        here = self._rooms.get(room_id)
+        if not here:
+            return
+        for change in added:
+            for end, other in ((change.a, change.b), (change.b, change.a)):
+                session = here.get(end)
+                if session is not None:
+                    link = p.Link(peer_id=other, offer=end == change.offerer)
+                    self._send_in_order(session, p.encode(link))
+        for change in removed:
+            for end, other in ((change.a, change.b), (change.b, change.a)):
+                session = here.get(end)
+                if session is not None:
+                    self._send_in_order(session, p.encode(p.Unlink(peer_id=other)))
+
+    def positions_heard(self, room_id: str, frame: bytes) -> None:
+        """Pass another instance's batch of positions to the room here, and note them."""
+        try:
+            batch = p.decode_server(frame)
+        except p.ProtocolError:
+            logger.warning("ignoring a malformed positions batch for %s", room_id)
+            return
+        if isinstance(batch, p.Positions):
+            self.director.heard(room_id, batch)
+            self._to_room(room_id, frame)
+
+    def _to_room(self, room_id: str, data: bytes) -> None:
+        """Send ``data`` to the members of ``room_id`` connected here."""
+        for session in self._rooms.get(room_id, {}).values():
+            self._send_in_order(session, data)
+
+    @staticmethod
+    def _send_in_order(session: Session, data: bytes) -> None:
+        """Send now, or after the peer list to a session still being seated."""
+        if session.since is None:
+            session.early.append((None, data))
+        else:
+            session.send(data)
+
     # --- lobby ---------------------------------------------------------------
 
     async def watch(self, session: Session, msg: p.WatchRooms) -> None:
@@ -490,7 +576,7 @@ class Hub:
 
     async def _run_lobby(self) -> None:
         """Broadcast the room list after changes, at most once per ``lobby_interval``."""
-        while True:
+        while not self.closing:
             await self._lobby_dirty.wait()
             self._lobby_dirty.clear()
             if self._watchers:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from msgspec import UNSET, UnsetType
 
 from .. import protocol as p
-from .backend import RoomBackend, RoomFull, RoomListener, Seated, away_peer, unknown_peer
+from .backend import (
+    LinkChange,
+    RoomBackend,
+    RoomFull,
+    RoomListener,
+    Seated,
+    away_peer,
+    unknown_peer,
+)
 from .rooms import Member, RoomState
 
 
@@ -18,6 +26,8 @@ class MemoryBackend(RoomBackend):
         self.state = RoomState()
         self._listener: RoomListener | None = None
         self._seq: dict[str, int] = {}
+        #: Each room's linked pairs with their offerers, as last told.
+        self._links: dict[str, dict[tuple[str, str], str]] = {}
 
     async def start(self, listener: RoomListener) -> None:
         self._listener = listener
@@ -86,6 +96,8 @@ class MemoryBackend(RoomBackend):
         if member is None:
             return None
         self._tell(member.room_id, p.PeerLeft(peer_id=peer_id, reason=reason), peer_id)
+        if not self.state.size(member.room_id):
+            self._links.pop(member.room_id, None)
         self._lobby_changed()
         return member
 
@@ -117,3 +129,24 @@ class MemoryBackend(RoomBackend):
 
     async def room_list(self, capacity: int) -> list[p.RoomInfo]:
         return self.state.room_list(capacity)
+
+    async def directs(self, room_id: str) -> bool:
+        return True
+
+    async def links(self, room_id: str) -> dict[tuple[str, str], str]:
+        return dict(self._links.get(room_id, {}))
+
+    async def tell_links(
+        self, room_id: str, added: list[LinkChange], removed: list[LinkChange]
+    ) -> bool:
+        links = self._links.setdefault(room_id, {})
+        for change in removed:
+            links.pop((change.a, change.b), None)
+        for change in added:
+            links[change.a, change.b] = change.offerer
+        if self._listener is not None:
+            self._listener.links_changed(room_id, added, removed)
+        return True
+
+    async def tell_positions(self, room_id: str, frame: bytes) -> None:
+        """Nobody else to tell: the hub has passed the batch to the room."""

@@ -45,7 +45,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .. import protocol as p
-from .backend import RoomBackend, RoomFull, RoomListener, Seated, Unavailable, away_peer
+from .backend import (
+    LinkChange,
+    RoomBackend,
+    RoomFull,
+    RoomListener,
+    Seated,
+    Unavailable,
+    away_peer,
+)
 from .backend import unknown_peer as unknown_peer_error
 from .rooms import Member
 
@@ -237,6 +245,56 @@ return 0
 """
 
 
+#: ARGV: prefix, room, instance, lease (ms). Takes or keeps the direction of a
+#: room's links; 1 when this instance directs it.
+_DIRECT = """
+local k = P..':topo:'..ARGV[2]
+local cur = redis.call('GET', k)
+if cur == ARGV[3] then
+  redis.call('PEXPIRE', k, ARGV[4])
+  return 1
+end
+if not cur then
+  redis.call('SET', k, ARGV[3], 'PX', ARGV[4])
+  return 1
+end
+return 0
+"""
+
+#: ARGV: prefix, room, instance. Gives up the direction of a room, if this instance has it.
+_UNDIRECT = """
+local k = P..':topo:'..ARGV[2]
+if redis.call('GET', k) == ARGV[3] then redis.call('DEL', k) end
+return 0
+"""
+
+#: ARGV: prefix, room, instance, changes (JSON: {"add": [[a, b, offerer]],
+#: "remove": [[a, b, offerer]]}). Records and publishes them, if this instance
+#: still directs the room; 1 when it did.
+_LINKS = """
+local room = ARGV[2]
+if redis.call('GET', P..':topo:'..room) ~= ARGV[3] then return 0 end
+local lk = P..':links:'..room
+local changes = cjson.decode(ARGV[4])
+for _, c in ipairs(changes.add) do redis.call('HSET', lk, c[1]..' '..c[2], c[3]) end
+for _, c in ipairs(changes.remove) do redis.call('HDEL', lk, c[1]..' '..c[2]) end
+-- Forgotten an hour after the last change: an empty room's links are of no use.
+redis.call('EXPIRE', lk, 3600)
+redis.call('PUBLISH', P..':c:'..room, 'L'..ARGV[4])
+return 1
+"""
+
+
+class _LinkChanges(msgspec.Struct, frozen=True):
+    """The changes a room's director publishes: pairs ``[a, b, offerer]``."""
+
+    add: list[tuple[str, str, str]]
+    remove: list[tuple[str, str, str]]
+
+
+_decode_links = msgspec.json.Decoder(_LinkChanges).decode
+
+
 class _Event(msgspec.Struct, frozen=True):
     """A room event as the scripts publish it; ``k`` says which."""
 
@@ -345,6 +403,9 @@ class RedisBackend(RoomBackend):
                 ("claim", _CLAIM),
                 ("snapshot", _SNAPSHOT),
                 ("forget", _FORGET),
+                ("direct", _DIRECT),
+                ("links", _LINKS),
+                ("undirect", _UNDIRECT),
             )
         }
         self._listener: RoomListener | None = None
@@ -366,6 +427,8 @@ class RedisBackend(RoomBackend):
         self._inbox = f"{prefix}:inbox:{self.instance_id}"
         self._lobby = f"{prefix}:lobby"
         self._lease = f"{prefix}:i:{self.instance_id}"
+        #: Until when (monotonic) each room's direction is known to be ours.
+        self._directing: dict[str, float] = {}
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -383,7 +446,13 @@ class RedisBackend(RoomBackend):
 
     async def close(self) -> None:
         # The lease is left to expire rather than deleted: clients that come
-        # back on another instance within it keep their places.
+        # back on another instance within it keep their places. The rooms'
+        # links are handed on at once.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.options.timeout):
+                for room_id in list(self._directing):
+                    await self._undirect(room_id)
+        self._directing.clear()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -487,6 +556,12 @@ class RedisBackend(RoomBackend):
         elif channel == self._lobby:
             if self._listener is not None:
                 self._listener.lobby_changed()
+        elif data[:1] == "L":
+            self._on_links(channel, data[1:])
+        elif data[:1] == "P":
+            origin, _, frame = data[1:].partition("\n")
+            if origin != self.instance_id and self._listener is not None:
+                self._listener.positions_heard(self._room_of(channel), frame.encode())
         else:
             try:
                 event = _decode_event(data)
@@ -495,6 +570,22 @@ class RedisBackend(RoomBackend):
                 return
             if event.o != self.instance_id:
                 self._apply(event, local=False)
+
+    def _room_of(self, channel: str) -> str:
+        return channel[len(self.options.prefix) + 3 :]
+
+    def _on_links(self, channel: str, data: str) -> None:
+        try:
+            changes = _decode_links(data)
+        except msgspec.DecodeError:
+            logger.warning("ignoring malformed link changes on %s", channel)
+            return
+        if self._listener is not None:
+            self._listener.links_changed(
+                self._room_of(channel),
+                [LinkChange(*c) for c in changes.add],
+                [LinkChange(*c) for c in changes.remove],
+            )
 
     def _on_inbox(self, data: str) -> None:
         """A frame for a peer held here, or an error bounced back to one."""
@@ -631,6 +722,9 @@ class RedisBackend(RoomBackend):
             return
         self._set_members(room_id, room, {})
         del self._rooms[room_id]
+        if self._directing.pop(room_id, None) is not None:
+            # Hand the room on at once rather than when the lease runs out.
+            self._spawn(self._undirect(room_id))
         if self._pubsub is not None:
             self._spawn(self._unsubscribe(room_id))
 
@@ -946,3 +1040,55 @@ class RedisBackend(RoomBackend):
             listener.room_event(room_id, None, p.encode(left), peer_id)
         listener.rebase(room_id, seq)
         self._forget_if_idle(room_id)
+
+    # --- links and positions -----------------------------------------------------------
+
+    async def directs(self, room_id: str) -> bool:
+        """Whether this instance holds the room's lease for its links, taking it if it is free.
+
+        The lease lasts as long as an instance's own; it is renewed at most
+        once a second, so a room that people walk in costs Redis little.
+        """
+        now = time.monotonic()
+        if self._directing.get(room_id, 0.0) > now:
+            return True
+        lease_ms = int(self.options.lease * 1000)
+        held = bool(await self._run("direct", room_id, self.instance_id, lease_ms) == 1)
+        if held:
+            self._directing[room_id] = now + min(1.0, self.options.lease / 3)
+        else:
+            self._directing.pop(room_id, None)
+        return held
+
+    async def _undirect(self, room_id: str) -> None:
+        with contextlib.suppress(Unavailable):
+            await self._run("undirect", room_id, self.instance_id)
+
+    async def links(self, room_id: str) -> dict[tuple[str, str], str]:
+        # decode_responses: keys and values arrive as str.
+        flat = await self._call(self._redis.hgetall(f"{self.options.prefix}:links:{room_id}"))
+        pairs: dict[tuple[str, str], str] = {}
+        for key, offerer in flat.items():
+            a, _, b = str(key).partition(" ")
+            pairs[a, b] = str(offerer)
+        return pairs
+
+    async def tell_links(
+        self, room_id: str, added: list[LinkChange], removed: list[LinkChange]
+    ) -> bool:
+        changes = _LinkChanges(
+            add=[(c.a, c.b, c.offerer) for c in added],
+            remove=[(c.a, c.b, c.offerer) for c in removed],
+        )
+        data = msgspec.json.encode(changes).decode()
+        told = bool(await self._run("links", room_id, self.instance_id, data) == 1)
+        if not told:
+            self._directing.pop(room_id, None)
+        return told
+
+    async def tell_positions(self, room_id: str, frame: bytes) -> None:
+        head = f"P{self.instance_id}\n".encode()
+        sent = asyncio.get_running_loop().create_future()
+        self._outbox.append((self._channel(room_id), head + frame, sent))
+        self._outbox_ready.set()
+        await sent
