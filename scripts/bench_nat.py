@@ -28,12 +28,13 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from benchkit import REPO, Progress, percentile, wait_until
-from latency import CHIRP_EVERY, SEARCH_WINDOW, ChirpSource, Ear
+from latency import CHIRP_EVERY, SEARCH_WINDOW, ChirpSource, Ear, chirp_result
 
 # The lab and the bot launcher live with the tests, at the top of the checkout.
 sys.path.insert(0, str(REPO))
@@ -62,10 +63,14 @@ def route(event: dict[str, Any]) -> str:
     return f"{event['local']}->{event['remote']}"
 
 
-async def bot_joins(
-    lab: Lab, host_home: Home, guest_home: Home, rounds: int, progress: Progress, label: str
+#: Starts a guest in round ``i``: its peer id, and how to make it leave.
+Guest = Callable[[int], Awaitable[tuple[str, Callable[[], Awaitable[None]]]]]
+
+
+async def joins(
+    lab: Lab, host_home: Home, guest: Guest, rounds: int, progress: Progress, label: str
 ) -> dict[str, Any]:
-    """Seconds from peer_joined to peer_connected, as a bot in ``host_home`` sees new ones."""
+    """Seconds from peer_joined to peer_connected, as a bot in ``host_home`` sees guests come."""
     host = await Bot.start(lab.url, ROOM, "host", netns=host_home.ns)
     times: list[float] = []
     routes: collections.Counter[str] = collections.Counter()
@@ -73,13 +78,12 @@ async def bot_joins(
         await host.peer_id()
         for i in range(rounds):
             progress.show(label, f"round {i + 1} of {rounds}")
-            guest = await Bot.start(lab.url, ROOM, f"guest{i}", netns=guest_home.ns)
+            guest_id, leave = await guest(i)
             try:
-                guest_id = await guest.peer_id()
                 joined = await host.wait_for("peer_joined", peer=guest_id)
                 connected = await host.wait_for("peer_connected", JOIN_DEADLINE, peer=guest_id)
             finally:
-                await guest.stop()
+                await leave()
             times.append(connected["ts"] - joined["ts"])
             routes[route(connected)] += 1
             await host.wait_for("peer_left", peer=guest_id)
@@ -88,31 +92,32 @@ async def bot_joins(
     return summary(label, times, routes, progress)
 
 
-async def browser_joins(
-    lab: Lab, browser: Browser, bot_home: Home, rounds: int, progress: Progress
-) -> dict[str, Any]:
-    """Seconds from peer_joined to peer_connected, as a bot sees a new page join."""
-    label = "browser<->bot, TURN"
-    host = await Bot.start(lab.url, ROOM, "host", netns=bot_home.ns)
-    times: list[float] = []
-    routes: collections.Counter[str] = collections.Counter()
-    try:
-        await host.peer_id()
-        for i in range(rounds):
-            progress.show(label, f"round {i + 1} of {rounds}")
-            person = await Person.visit(browser, lab.url, f"guest{i}")
-            try:
-                guest_id = await person.enter(ROOM)
-                joined = await host.wait_for("peer_joined", peer=guest_id)
-                connected = await host.wait_for("peer_connected", JOIN_DEADLINE, peer=guest_id)
-            finally:
-                await person.close()
-            times.append(connected["ts"] - joined["ts"])
-            routes[route(connected)] += 1
-            await host.wait_for("peer_left", peer=guest_id)
-    finally:
-        await host.stop()
-    return summary(label, times, routes, progress)
+def bot_guest(lab: Lab, home: Home) -> Guest:
+    """Each round a new bot process in ``home``."""
+
+    async def start(i: int) -> tuple[str, Callable[[], Awaitable[None]]]:
+        bot = await Bot.start(lab.url, ROOM, f"guest{i}", netns=home.ns)
+        try:
+            return await bot.peer_id(), bot.stop
+        except BaseException:
+            await bot.stop()
+            raise
+
+    return start
+
+
+def page_guest(lab: Lab, browser: Browser) -> Guest:
+    """Each round a new page in ``browser`` (which runs in a home)."""
+
+    async def start(i: int) -> tuple[str, Callable[[], Awaitable[None]]]:
+        person = await Person.visit(browser, lab.url, f"guest{i}")
+        try:
+            return await person.enter(ROOM), person.close
+        except BaseException:
+            await person.close()
+            raise
+
+    return start
 
 
 def summary(
@@ -194,15 +199,7 @@ def mouth_to_ear(lab: Lab, seconds: float, loss: int, progress: Progress) -> dic
     sent = [t for t in source.sent[first:] if t < time.time() - SEARCH_WINDOW]
     found = sorted(ear.latencies(sent, source.template, within=LOSS_WINDOW))
     progress.done(f"{label}: {len(found)} of {len(sent)} chirps found")
-    return {
-        "what": label,
-        "chirps_sent": len(sent),
-        "chirps_found": len(found),
-        "p50_ms": 1000 * percentile(found, 0.5),
-        "p95_ms": 1000 * percentile(found, 0.95),
-        "min_ms": 1000 * found[0] if found else None,
-        "max_ms": 1000 * found[-1] if found else None,
-    }
+    return chirp_result("what", label, sent, found)
 
 
 async def run(args: argparse.Namespace, progress: Progress) -> list[dict[str, Any]]:
@@ -211,15 +208,20 @@ async def run(args: argparse.Namespace, progress: Progress) -> list[dict[str, An
     if "lan" in args.only:
         with netlab([Nat.PORT_PRESERVING], stun=False, turn=False) as lab:
             home = lab.homes[0]
-            results.append(await bot_joins(lab, home, home, rounds, progress, "bot<->bot, LAN"))
+            guest = bot_guest(lab, home)
+            results.append(await joins(lab, home, guest, rounds, progress, "bot<->bot, LAN"))
     if "stun" in args.only:
         with netlab([Nat.PORT_PRESERVING] * 2, turn=False) as lab:
             a, b = lab.homes
-            results.append(await bot_joins(lab, a, b, rounds, progress, "bot<->bot, STUN"))
+            results.append(
+                await joins(lab, a, bot_guest(lab, b), rounds, progress, "bot<->bot, STUN")
+            )
     if "turn" in args.only:
         with netlab([Nat.SYMMETRIC] * 2) as lab:
             a, b = lab.homes
-            results.append(await bot_joins(lab, a, b, rounds, progress, "bot<->bot, TURN"))
+            results.append(
+                await joins(lab, a, bot_guest(lab, b), rounds, progress, "bot<->bot, TURN")
+            )
     if "browser" in args.only:
         with netlab([Nat.SYMMETRIC] * 2) as lab:
             browser_home, bot_home = lab.homes
@@ -229,7 +231,9 @@ async def run(args: argparse.Namespace, progress: Progress) -> list[dict[str, An
                     executable_path=str(lab.chromium(browser_home)), args=launch_args
                 )
                 try:
-                    results.append(await browser_joins(lab, browser, bot_home, rounds, progress))
+                    guest = page_guest(lab, browser)
+                    label = "browser<->bot, TURN"
+                    results.append(await joins(lab, bot_home, guest, rounds, progress, label))
                 finally:
                     await browser.close()
     if "latency" in args.only:

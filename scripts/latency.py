@@ -180,8 +180,13 @@ async def measure(
     sent = [t for t in sent if t < time.time() - SEARCH_WINDOW]
     found = sorted(ear.latencies(sent, source.template))
     progress.done(f"{label}: {len(found)} of {len(sent)} chirps found")
+    return chirp_result("path", label, sent, found)
+
+
+def chirp_result(key: str, label: str, sent: list[float], found: list[float]) -> dict[str, Any]:
+    """What a run found: ``found`` are the latencies, sorted, of the ``sent`` chirps heard."""
     return {
-        "path": label,
+        key: label,
         "chirps_sent": len(sent),
         "chirps_found": len(found),
         "p50_ms": 1000 * percentile(found, 0.5),

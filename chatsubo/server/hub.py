@@ -521,21 +521,25 @@ class Hub:
     def links_changed(
         self, room_id: str, added: list[LinkChange], removed: list[LinkChange]
     ) -> None:
-        """Tell the ends here of each pair to link (naming the offerer) or to unlink."""
+        """Tell the ends here of each pair to unlink, or to link (naming the offerer).
+
+        Unlinks go first, so that nobody holds more than its share of links
+        even for a moment.
+        """
         here = self._rooms.get(room_id)
         if not here:
             return
+        for change in removed:
+            for end, other in ((change.a, change.b), (change.b, change.a)):
+                session = here.get(end)
+                if session is not None:
+                    self._send_in_order(session, p.encode(p.Unlink(peer_id=other)))
         for change in added:
             for end, other in ((change.a, change.b), (change.b, change.a)):
                 session = here.get(end)
                 if session is not None:
                     link = p.Link(peer_id=other, offer=end == change.offerer)
                     self._send_in_order(session, p.encode(link))
-        for change in removed:
-            for end, other in ((change.a, change.b), (change.b, change.a)):
-                session = here.get(end)
-                if session is not None:
-                    self._send_in_order(session, p.encode(p.Unlink(peer_id=other)))
 
     def positions_heard(self, room_id: str, frame: bytes) -> None:
         """Pass another instance's batch of positions to the room here, and note them."""
