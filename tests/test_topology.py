@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,9 +16,8 @@ RULES = LinkRules()
 HEARING = BAR.distance_model.hearing_range
 
 spots = st.tuples(st.floats(0, BAR.map.width), st.floats(0, BAR.map.height))
-rooms = st.dictionaries(
-    st.text("abcdefghijklmnopqrstuvwxyz", min_size=3, max_size=3), spots, max_size=40
-)
+names = st.text("abcdefghijklmnopqrstuvwxyz", min_size=3, max_size=3)
+rooms = st.dictionaries(names, spots, max_size=40)
 
 
 def degrees(pairs: frozenset[Pair]) -> Counter[str]:
@@ -132,3 +132,65 @@ def test_a_member_without_a_position_waits_in_a_big_room() -> None:
     assert not {link for link in links.pairs if "unplaced" in link}
     small = choose_links({"a", "b", "c"}, {"a": (0.0, 0.0)}, set(), {}, 0.0, RULES)
     assert small.pairs == {("a", "b"), ("a", "c"), ("b", "c")}
+
+
+def one_sort(
+    members: set[str],
+    positions: dict[str, Point],
+    linked: frozenset[Pair],
+    far_since: Mapping[Pair, float],
+    now: float,
+) -> Links:
+    """The rule as written first: every pair ranked in one sort; what the fast one must match."""
+    if len(members) <= RULES.full_mesh_up_to:
+        return choose_links(members, positions, linked, far_since, now, RULES)
+    placed = sorted(m for m in members if m in positions)
+    candidates: list[tuple[float, Pair]] = []
+    still_far: dict[Pair, float] = {}
+    for i, a in enumerate(placed):
+        for b in placed[i + 1 :]:
+            d = distance(positions, (a, b))
+            if (a, b) in linked:
+                if d > RULES.unlink_range:
+                    since = still_far[a, b] = far_since.get((a, b), now)
+                    if now - since >= RULES.hysteresis:
+                        continue
+                candidates.append((d - RULES.stickiness, (a, b)))
+            elif d <= RULES.link_range:
+                candidates.append((d, (a, b)))
+    candidates.sort()
+    used: Counter[str] = Counter()
+    chosen: set[Pair] = set()
+    for _, (a, b) in candidates:
+        if used[a] < RULES.max_links and used[b] < RULES.max_links:
+            chosen.add((a, b))
+            used[a] += 1
+            used[b] += 1
+    return Links(frozenset(chosen), {k: v for k, v in still_far.items() if k in chosen})
+
+
+crowds = st.dictionaries(
+    names,
+    st.tuples(st.floats(0, BAR.map.width / 3), st.floats(0, BAR.map.height / 3)),
+    min_size=11,
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(rooms, crowds), st.randoms(use_true_random=False), st.floats(0, 5))
+def test_the_grid_takes_pairs_in_the_order_of_one_sort(
+    positions: dict[str, Point], rng: object, later: float
+) -> None:
+    """Dense or sparse, still or after some walked off: the same links as ranking all pairs."""
+    assert hasattr(rng, "uniform")
+    members = set(positions)
+    first = choose_links(members, positions, set(), {}, 0.0, RULES)
+    assert first == one_sort(members, positions, frozenset(), {}, 0.0)
+    moved = {
+        m: (x + rng.uniform(-20, 20), y + rng.uniform(-20, 20)) for m, (x, y) in positions.items()
+    }
+    then = choose_links(members, moved, first.pairs, {}, 1.0, RULES)
+    assert then == one_sort(members, moved, first.pairs, {}, 1.0)
+    last = choose_links(members, moved, then.pairs, then.far_since, 1.0 + later, RULES)
+    assert last == one_sort(members, moved, then.pairs, then.far_since, 1.0 + later)

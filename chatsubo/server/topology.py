@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 from ..space import BAR, Point
 
+#: Pairs ranked below this (meters) are found through a grid, before the rest.
+_NEAR = 2.0
+
 #: A linked pair of peer ids, in sorted order.
 Pair = tuple[str, str]
 
@@ -75,30 +78,59 @@ def choose_links(
         everyone = frozenset(pair(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1 :])
         return Links(everyone, {})
     placed = sorted(m for m in members if m in positions)
-    candidates: list[tuple[float, Pair]] = []
-    still_far: dict[Pair, float] = {}
-    for i, a in enumerate(placed):
-        ax, ay = positions[a]
-        for b in placed[i + 1 :]:
-            bx, by = positions[b]
-            distance = math.hypot(ax - bx, ay - by)
-            key = (a, b)
-            if key in linked:
-                if distance > rules.unlink_range:
-                    since = still_far[key] = far_since.get(key, now)
-                    if now - since >= rules.hysteresis:
-                        continue
-                candidates.append((distance - rules.stickiness, key))
-            elif distance <= rules.link_range:
-                candidates.append((distance, key))
-    # Nearest first, both ends with room to spare: a greedy matching in
-    # which every edge is chosen by both its ends, never by one alone.
-    candidates.sort()
     degree = dict.fromkeys(placed, 0)
     chosen: set[Pair] = set()
-    for _, (a, b) in candidates:
-        if degree[a] < rules.max_links and degree[b] < rules.max_links:
-            chosen.add((a, b))
-            degree[a] += 1
-            degree[b] += 1
+    still_far: dict[Pair, float] = {}
+
+    def score(a: str, b: str) -> float | None:
+        """Where the pair ranks (lower first), or None when it may not be linked."""
+        (ax, ay), (bx, by) = positions[a], positions[b]
+        distance = math.hypot(ax - bx, ay - by)
+        key = (a, b)
+        if key in linked:
+            if distance > rules.unlink_range:
+                since = still_far[key] = far_since.get(key, now)
+                if now - since >= rules.hysteresis:
+                    return None
+            return distance - rules.stickiness
+        return distance if distance <= rules.link_range else None
+
+    def choose(candidates: list[tuple[float, Pair]]) -> None:
+        # Nearest first, both ends with room to spare: a greedy matching in
+        # which every edge is chosen by both its ends, never by one alone.
+        candidates.sort()
+        for _, (a, b) in candidates:
+            if degree[a] < rules.max_links and degree[b] < rules.max_links:
+                chosen.add((a, b))
+                degree[a] += 1
+                degree[b] += 1
+
+    # In a crowd everyone fills up on the people right around them, so the
+    # pairs that rank below _NEAR are taken first, found through a grid
+    # rather than among all n²; then the rest, among those with room left.
+    # Both passes together take the pairs in the order one sort would.
+    cell = _NEAR + rules.stickiness
+    grid: dict[tuple[int, int], list[str]] = {}
+    for m in placed:
+        x, y = positions[m]
+        grid.setdefault((int(x // cell), int(y // cell)), []).append(m)
+    near: list[tuple[float, Pair]] = []
+    for (cx, cy), here in grid.items():
+        for dx, dy in ((0, 0), (1, -1), (1, 0), (1, 1), (0, 1)):
+            there = here if (dx, dy) == (0, 0) else grid.get((cx + dx, cy + dy), [])
+            for i, a in enumerate(here):
+                for b in here[i + 1 :] if there is here else there:
+                    key = (a, b) if a < b else (b, a)
+                    rank = score(*key)
+                    if rank is not None and rank < _NEAR:
+                        near.append((rank, key))
+    choose(near)
+    room = [m for m in placed if degree[m] < rules.max_links]
+    rest: list[tuple[float, Pair]] = []
+    for i, a in enumerate(room):
+        for b in room[i + 1 :]:
+            rank = score(a, b)
+            if rank is not None and rank >= _NEAR:
+                rest.append((rank, (a, b)))
+    choose(rest)
     return Links(frozenset(chosen), {k: v for k, v in still_far.items() if k in chosen})
