@@ -10,6 +10,11 @@ import { SignalingClient } from "./signaling.js";
 import { freeSpot, isFree, loadSpace, zoneAt } from "./space.js";
 
 const NAME_KEY = "chatsubo.name";
+const PUSH_TO_TALK_KEY = "chatsubo.pushToTalk";
+/** The own-level meter: this level (dBFS) and below reads empty, 0 dBFS full. */
+const METER_FLOOR_DBFS = -60;
+/** How far the meter may fall per update (of 0 to 1). */
+const METER_FALL = 0.25;
 /** How long a voice counts as speaking after it was last heard (ms). */
 const SPEAKING_HOLD = 1000;
 /** How long to wait for a newcomer's zone before announcing them without it (ms). */
@@ -73,6 +78,14 @@ function showError(code, text) {
   box.dataset.code = code;
   $("lobby-error-text").textContent = text;
   box.hidden = false;
+}
+
+/** Whether keys pressed on `target` are typing: text fields, not buttons or checkboxes. */
+function isTyping(target) {
+  if (!(target instanceof Element)) return false;
+  if (target.isContentEditable || target.closest("textarea, select") !== null) return true;
+  const NOT_TEXT = ["button", "checkbox", "radio", "range", "submit", "reset", "color", "file"];
+  return target instanceof HTMLInputElement && !NOT_TEXT.includes(target.type);
 }
 
 /** The microphone, or why there is none: {track} or {problem: words}. */
@@ -288,6 +301,11 @@ class Room {
     this.peer = new MeshPeer(signaling, space.peer);
     this.map = null;
     this.mic = null;
+    /** Muted with the Mute button: silent whatever else. */
+    this.muted = false;
+    /** Push-to-talk: the microphone is on only while `talking` (Space or the button held). */
+    this.pushToTalk = localStorage.getItem(PUSH_TO_TALK_KEY) === "true";
+    this.talking = false;
     this.zone = null;
     /** Where we appeared, while we still stand there and may step aside (see _settle). */
     this._arrivedAt = null;
@@ -376,6 +394,7 @@ class Room {
     this._renderCount();
     this._notice(`You walked into ${this.roomId}.`);
     this._levelTimer = setInterval(() => this._renderLevels(), 250);
+    this._renderTalk();
     svg.focus();
   }
 
@@ -383,10 +402,12 @@ class Room {
     this.mic?.stop();
     this.mic = track ?? null;
     this.peer.setTrack(this.mic);
+    this.audio.setMicrophone(this.mic);
     $("mic-notice").hidden = this.mic !== null;
     $("mic-notice-text").textContent = problem ?? "";
     $("mute").disabled = this.mic === null;
     this._setMuted(false);
+    this._renderTalk();
   }
 
   async retryMicrophone() {
@@ -394,13 +415,57 @@ class Room {
   }
 
   toggleMute() {
-    this._setMuted(this.mic?.enabled ?? false);
+    this._setMuted(!this.muted);
   }
 
   _setMuted(muted) {
-    if (this.mic !== null) this.mic.enabled = !muted;
+    this.muted = muted;
+    this._applyMicrophone();
     $("mute").textContent = muted ? "Unmute" : "Mute";
     $("mute").setAttribute("aria-pressed", String(muted));
+  }
+
+  /** Mute wins; in push-to-talk mode the track is on only while talking. */
+  _applyMicrophone() {
+    if (this.mic !== null) this.mic.enabled = !this.muted && (!this.pushToTalk || this.talking);
+  }
+
+  /** Turn push-to-talk on or off; remembered between visits. */
+  setPushToTalk(on) {
+    this.pushToTalk = on;
+    localStorage.setItem(PUSH_TO_TALK_KEY, String(on));
+    this.setTalking(false);
+  }
+
+  /** Space or the Hold to talk button went down (true) or up (false). */
+  setTalking(talking) {
+    this.talking = this.pushToTalk && talking;
+    this._applyMicrophone();
+    this._renderTalk();
+  }
+
+  /**
+   * Space on the document, in push-to-talk mode: down talks, up stops. Never
+   * while typing (the chat box or any text field), and autorepeat is ignored.
+   */
+  onSpace(event, down) {
+    if (!this.pushToTalk || event.code !== "Space") return;
+    // Letting go always stops talking, wherever the focus went meanwhile.
+    if (!down && this.talking) this.setTalking(false);
+    if (isTyping(event.target) || event.ctrlKey || event.metaKey || event.altKey) return;
+    // Not a click on the focused button, nor a scroll of the page.
+    event.preventDefault();
+    if (event.repeat) return;
+    this.setTalking(down);
+  }
+
+  _renderTalk() {
+    $("ptt").checked = this.pushToTalk;
+    const talk = $("talk");
+    talk.hidden = !this.pushToTalk;
+    talk.disabled = this.mic === null;
+    talk.textContent = this.talking ? "Talking" : "Hold to talk";
+    talk.setAttribute("aria-pressed", String(this.talking));
   }
 
   say(text) {
@@ -418,6 +483,7 @@ class Room {
     this.mic?.stop();
     for (const person of this.people.values()) clearTimeout(person.announce);
     $("people").replaceChildren();
+    $("mic-level").value = 0;
     $("room").hidden = true;
   }
 
@@ -538,6 +604,11 @@ class Room {
 
   _renderLevels() {
     const now = performance.now();
+    const own = this.audio.microphoneLevel();
+    const meter = $("mic-level");
+    // Rises at once, falls back gently: speech comes in bursts.
+    const level = Math.min(1, Math.max(0, 1 - own / METER_FLOOR_DBFS));
+    meter.value = Math.max(level, meter.value - METER_FALL);
     for (const [peerId, person] of this.people) {
       if (this.audio.speaking(peerId)) person.speakingUntil = now + SPEAKING_HOLD;
       const speaking = now < person.speakingUntil;
@@ -679,6 +750,23 @@ async function main() {
     input.value = "";
   });
   $("mute").addEventListener("click", () => room?.toggleMute());
+  $("ptt").addEventListener("change", (event) => room?.setPushToTalk(event.target.checked));
+  document.addEventListener("keydown", (event) => room?.onSpace(event, true));
+  document.addEventListener("keyup", (event) => room?.onSpace(event, false));
+  // A key or a finger let go elsewhere (another window, a lost pointer) stops talking.
+  window.addEventListener("blur", () => room?.setTalking(false));
+  const talk = $("talk");
+  talk.addEventListener("pointerdown", (event) => {
+    if (event.button !== 0) return;
+    // Held even when the finger slides off the button; let go anywhere ends it.
+    if (event.isTrusted) talk.setPointerCapture(event.pointerId);
+    room?.setTalking(true);
+  });
+  for (const type of ["pointerup", "pointercancel", "lostpointercapture"]) {
+    talk.addEventListener(type, () => room?.setTalking(false));
+  }
+  // A long press on a touch screen must not open a menu.
+  talk.addEventListener("contextmenu", (event) => event.preventDefault());
   $("mic-retry").addEventListener("click", () => room?.retryMicrophone());
   $("leave").addEventListener("click", () => {
     room?.close();

@@ -11,6 +11,25 @@ const GAIN_RAMP = 0.25;
 /** Below this level (dBFS) a voice counts as silent. */
 const SPEAKING_DBFS = -50;
 
+/**
+ * The RMS level of what `analyser` hears right now, in dBFS (-Infinity for
+ * silence): of the loudest `block` samples in its window, or of all of it.
+ */
+function rmsDbfs(analyser, samples, block = samples.length) {
+  analyser.getFloatTimeDomainData(samples);
+  let loudest = 0;
+  for (let start = 0; start + block <= samples.length; start += block) {
+    let sum = 0;
+    for (let i = start; i < start + block; i++) sum += samples[i] * samples[i];
+    loudest = Math.max(loudest, sum / block);
+  }
+  return 10 * Math.log10(loudest);
+}
+
+/** Our own meter reads the loudest 1024 samples (about 20 ms) of this many (about 340 ms). */
+const MIC_WINDOW = 16384;
+const MIC_BLOCK = 1024;
+
 /** One remote voice: muted <audio> (the Chrome workaround), gain, panner, level meter. */
 class Voice {
   constructor(context, stream) {
@@ -59,6 +78,8 @@ export class SpatialAudio {
     this.voices = new Map();
     /** Volumes set by the user, kept when a voice is replaced by a new stream. */
     this.volumes = new Map();
+    /** Our own microphone's meter: {source, analyser, samples}, or null. */
+    this._mic = null;
     this.listener = [0, 0];
     const l = this.context.listener;
     l.forwardX.value = 0;
@@ -125,11 +146,29 @@ export class SpatialAudio {
   /** How loud `peerId` is right now, in dBFS (-Infinity for silence). */
   level(peerId) {
     const voice = this.voices.get(peerId);
-    if (voice === undefined) return -Infinity;
-    voice.analyser.getFloatTimeDomainData(voice.samples);
-    let sum = 0;
-    for (const s of voice.samples) sum += s * s;
-    return 10 * Math.log10(sum / voice.samples.length);
+    return voice === undefined ? -Infinity : rmsDbfs(voice.analyser, voice.samples);
+  }
+
+  /**
+   * Meter our own microphone `track` (or none): an analyser only, never
+   * played, so nobody hears themselves. A disabled track (muted, or push-to-talk
+   * with the key up) reads silent, which is what the others hear.
+   */
+  setMicrophone(track) {
+    this._mic?.source.disconnect();
+    this._mic = null;
+    if (track == null) return;
+    const source = this.context.createMediaStreamSource(new MediaStream([track]));
+    const analyser = this.context.createAnalyser();
+    // Longer than the page's meter interval, so that no short sound slips between reads.
+    analyser.fftSize = MIC_WINDOW;
+    source.connect(analyser);
+    this._mic = { source, analyser, samples: new Float32Array(analyser.fftSize) };
+  }
+
+  /** How loud our own microphone is right now, in dBFS (-Infinity for silence or none). */
+  microphoneLevel() {
+    return this._mic == null ? -Infinity : rmsDbfs(this._mic.analyser, this._mic.samples, MIC_BLOCK);
   }
 
   speaking(peerId) {
@@ -137,6 +176,7 @@ export class SpatialAudio {
   }
 
   close() {
+    this.setMicrophone(null);
     for (const peerId of [...this.voices.keys()]) this.remove(peerId);
     this.context.close();
   }
