@@ -1587,6 +1587,22 @@ def table(args: argparse.Namespace, summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plan_timeline(args: argparse.Namespace, rejoins: int, after: float) -> Timeline:
+    """The one timeline of every worker: joins from half a second on, settling, the
+    measured window, then ``after`` seconds (for rejoins and leaving)."""
+    epoch = time.time() + 0.5
+    measure_start = epoch + args.peers * args.stagger + args.settle
+    measure_end = measure_start + args.duration
+    return Timeline(
+        epoch=epoch,
+        stagger=args.stagger,
+        measure_start=measure_start,
+        measure_end=measure_end,
+        rejoins=rejoins,
+        end=measure_end + after,
+    )
+
+
 def run(args: argparse.Namespace, url: str, server_cpu: Any) -> dict[str, Any]:
     plans = plan_peers(args)
     last_in_first_room = [p for p in plans if p.room == plans[0].room][-1]
@@ -1608,17 +1624,8 @@ def run(args: argparse.Namespace, url: str, server_cpu: Any) -> dict[str, Any]:
     workers = Workers.start(worker_process, jobs)
     try:
         workers.gather("ready", time.monotonic() + STARTUP_DEADLINE)
-        epoch = time.time() + 0.5
-        measure_start = epoch + args.peers * args.stagger + args.settle
-        measure_end = measure_start + args.duration
-        timeline = Timeline(
-            epoch=epoch,
-            stagger=args.stagger,
-            measure_start=measure_start,
-            measure_end=measure_end,
-            rejoins=args.rejoins,
-            end=measure_end + 1.0 + args.rejoins * REJOIN_INTERVAL + 1.0,
-        )
+        timeline = plan_timeline(args, args.rejoins, 1.0 + args.rejoins * REJOIN_INTERVAL + 1.0)
+        measure_start, measure_end = timeline.measure_start, timeline.measure_end
         workers.send(timeline)
         expected_links = 2 * expected_pairs(plans)
         #: The server's CPU seconds when measuring began and ended, as first seen.
@@ -1721,17 +1728,8 @@ def run_walk(args: argparse.Namespace, url: str, server: ServerProcess | None) -
     workers = Workers.start(walk_worker_process, jobs)
     try:
         workers.gather("ready", time.monotonic() + STARTUP_DEADLINE)
-        epoch = time.time() + 0.5
-        measure_start = epoch + args.peers * args.stagger + args.settle
-        measure_end = measure_start + args.duration
-        timeline = Timeline(
-            epoch=epoch,
-            stagger=args.stagger,
-            measure_start=measure_start,
-            measure_end=measure_end,
-            rejoins=0,
-            end=measure_end + 1.0,
-        )
+        timeline = plan_timeline(args, 0, 1.0)
+        measure_start, measure_end = timeline.measure_start, timeline.measure_end
         workers.send(timeline)
         checker = RuleChecker(
             len(plans),
