@@ -796,7 +796,7 @@ class RuleChecker:
                 in_range = valid & (d <= rules.link_range)
             self._track("far", far & valid, rules.hysteresis + tol, t)
             self._track("unheard", ~linked & near & room[:, None] & room[None, :] & valid, tol, t)
-            self._track_peers("over_k", members & (self.deg > k), OVER_K_GRACE, t)
+            self._track("over_k", members & (self.deg > k), OVER_K_GRACE, t)
             fresh = in_range & np.isnan(self.entered)
             if fresh.any():
                 ia, ib = np.nonzero(fresh)
@@ -842,7 +842,8 @@ class RuleChecker:
         self.wanted_since = {key: self.wanted_since.get(key, t - CHECK_TICK) for key in wanted}
 
     def _track(self, kind: str, holds: NDArray[np.bool_], limit: float, t: float) -> None:
-        """Clock how long each pair has met condition ``kind``; report those over ``limit``."""
+        """Clock how long each pair (or, for a 1-d ``holds``, each peer) has met condition
+        ``kind``; report those over ``limit``."""
         since = self.since.get(kind)
         if since is None:
             since = self.since[kind] = np.full(holds.shape, np.nan)
@@ -850,33 +851,16 @@ class RuleChecker:
         reported = self.reported[kind]
         fresh = holds & np.isnan(since)
         if fresh.any():
-            ia, ib = np.nonzero(fresh)
-            # It began with the last event of either end.
-            since[ia, ib] = np.maximum(self.last_change[ia], self.last_change[ib])
+            # It began with the last event of the peer, or of either end of the pair.
+            where = np.nonzero(fresh)
+            since[where] = np.maximum.reduce([self.last_change[i] for i in where])
         self._ended(kind, since, holds, t)
         since[~holds] = np.nan
         reported[~holds] = False
         due = holds & ~reported & (t - np.nan_to_num(since, nan=t) > limit)
-        for a, b in zip(*np.nonzero(due), strict=True):
-            reported[a, b] = True
-            self._report(kind, float(since[a, b]), t, (int(a), int(b)))
-
-    def _track_peers(self, kind: str, holds: NDArray[np.bool_], limit: float, t: float) -> None:
-        """The same as :meth:`_track`, for a condition of single peers."""
-        since = self.since.get(kind)
-        if since is None:
-            since = self.since[kind] = np.full(holds.shape, np.nan)
-            self.reported[kind] = np.zeros(holds.shape, bool)
-        reported = self.reported[kind]
-        fresh = holds & np.isnan(since)
-        since[fresh] = self.last_change[fresh]
-        self._ended(kind, since, holds, t)
-        since[~holds] = np.nan
-        reported[~holds] = False
-        due = holds & ~reported & (t - np.nan_to_num(since, nan=t) > limit)
-        for a in np.nonzero(due)[0]:
-            reported[a] = True
-            self._report(kind, float(since[a]), t, (int(a),))
+        for index in zip(*np.nonzero(due), strict=True):
+            reported[index] = True
+            self._report(kind, float(since[index]), t, tuple(int(i) for i in index))
 
     def _ended(
         self, kind: str, since: NDArray[np.float64], holds: NDArray[np.bool_], t: float

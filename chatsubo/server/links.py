@@ -70,6 +70,8 @@ class LinkDirector:
         #: Rooms whose members here are all in the next batch, standing still or not:
         #: someone arrived, perhaps on another instance, who has not seen them yet.
         self._refresh: set[str] = set()
+        #: Who was in each room when its members last changed, to tell arrivals.
+        self._present: dict[str, set[str]] = {}
         self._moved: set[str] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,9 +103,18 @@ class LinkDirector:
     # --- what happens ------------------------------------------------------------
 
     def members_changed(self, room_id: str) -> None:
-        """Someone joined, left or came back: run the rule for the room at once."""
+        """Someone joined, left, came back or changed name: run the rule for the room at once.
+
+        An arrival also puts everyone here in the next batch of positions.
+        """
         self._changed.add(room_id)
-        self._refresh.add(room_id)
+        present = {m.peer_id for m in self.backend.known_members(room_id)}
+        if present - self._present.get(room_id, set()):
+            self._refresh.add(room_id)
+        if present:
+            self._present[room_id] = present
+        else:
+            self._present.pop(room_id, None)
         self._wake.set()
 
     def moved(self, member: Member, position: Point) -> None:
