@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 
@@ -185,8 +185,52 @@ class DistanceModel(msgspec.Struct, rename="camel", frozen=True):
         return gain * math.cos(angle), gain * math.sin(angle)
 
 
+#: How a link is doing, as its indicator in the page shows it.
+QualityLevel = Literal["good", "fair", "poor", "unknown"]
+
+
+class QualityLimits(msgspec.Struct, rename="camel", frozen=True):
+    """Limits on a link's figures: round trip and jitter in ms, loss as a fraction (0 to 1)."""
+
+    rtt: float
+    loss: float
+    jitter: float
+
+
+class LinkQuality(msgspec.Struct, rename="camel", frozen=True):
+    """The connection indicator's rule: a link's round trip, loss and jitter, in three levels.
+
+    A link is ``good`` when every figure is within ``good``, ``poor`` when
+    any is beyond ``poor``, and ``fair`` otherwise. Figures are read every
+    ``interval`` seconds; loss is over the last interval. A figure that is
+    not known yet counts for nothing, except the round trip: without it
+    (no stats at all) the level is ``unknown``, never ``good``. Loss and
+    jitter are known only while audio arrives from the other end, which a
+    listener without a microphone never sends.
+    """
+
+    interval: float
+    good: QualityLimits
+    poor: QualityLimits
+
+    def level(self, rtt: float | None, loss: float | None, jitter: float | None) -> QualityLevel:
+        """The level of a link with these figures (None: not known)."""
+        figures = (
+            (rtt, self.good.rtt, self.poor.rtt),
+            (loss, self.good.loss, self.poor.loss),
+            (jitter, self.good.jitter, self.poor.jitter),
+        )
+        if any(value is not None and value > poor for value, _, poor in figures):
+            return "poor"
+        if rtt is None:
+            return "unknown"
+        if all(value is None or value <= good for value, good, _ in figures):
+            return "good"
+        return "fair"
+
+
 class PeerRules(msgspec.Struct, rename="camel", frozen=True):
-    """The peer-to-peer conventions: data channels and their limits."""
+    """The peer-to-peer conventions: data channels and their limits, link timing, quality levels."""
 
     chat: ChannelSpec
     state: ChannelSpec
@@ -205,6 +249,8 @@ class PeerRules(msgspec.Struct, rename="camel", frozen=True):
     connect_timeout: float
     retry_min: float
     retry_max: float
+    #: The connection indicator next to each person.
+    quality: LinkQuality
 
 
 class Space(msgspec.Struct, rename="camel", frozen=True):
@@ -276,6 +322,20 @@ BAR = Space(
         connect_timeout=10.0,
         retry_min=0.5,
         retry_max=10.0,
+        # ITU-T G.114 keeps one-way mouth-to-ear delay within 150 ms for
+        # conversation to feel natural, and calls more than 400 ms unacceptable.
+        # The endpoints themselves add some 60-80 ms (a 20 ms Opus frame,
+        # jitter buffer, playout), so a 150 ms round trip (75 ms each way) still
+        # lands within 150 ms; past a 400 ms round trip the mouth-to-ear delay
+        # is near 300 ms and people start talking over each other. Opus with
+        # in-band FEC and PLC hides a couple of percent of loss; past 10 % words
+        # break up audibly. Common VoIP guidance keeps jitter under 30 ms; past
+        # 60 ms a jitter buffer deep enough to absorb it adds the delay itself.
+        quality=LinkQuality(
+            interval=2.0,
+            good=QualityLimits(rtt=150.0, loss=0.02, jitter=30.0),
+            poor=QualityLimits(rtt=400.0, loss=0.10, jitter=60.0),
+        ),
     ),
 )
 

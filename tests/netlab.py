@@ -18,6 +18,12 @@ tests/test_nat.py and scripts/bench_nat.py::
 
     with netlab([Nat.SYMMETRIC, Nat.SYMMETRIC]) as lab:
         ...  # Bot.start(lab.url, "r", "a", netns=lab.homes[0].ns)
+
+A far host (:meth:`Lab.add_far_host`) hangs off the public segment on a
+:class:`Wire` instead, a link that delays and drops packets as told, as netem
+would: this kernel has no netem (nor any qdisc that delays), so the wire is
+two TUN devices and a thread of the test's process that carries packets
+between them. Used by tests/test_browser_quality.py.
 """
 
 from __future__ import annotations
@@ -25,11 +31,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import enum
+import fcntl
+import heapq
+import itertools
 import os
+import random
 import secrets
+import selectors
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -49,6 +61,9 @@ CHROMIUM = Path("/usr/bin/chromium")
 PUBLIC_NET = "198.18.0"
 SERVER_IP = f"{PUBLIC_NET}.2"
 TURN_IP = f"{PUBLIC_NET}.3"
+#: The far host, and the public side's end of its wire.
+FAR_IP = "198.18.1.2"
+FAR_GATEWAY = "198.18.1.1"
 HTTP_PORT = 8080
 #: As in docs/coturn.md: coturn on the standard port, our STUN beside it.
 TURN_PORT = 3478
@@ -72,6 +87,12 @@ STOP_DEADLINE = 10.0
 _CLONE_NEWNET = 0x40000000
 _T = TypeVar("_T")
 
+#: linux/if_tun.h: a layer 3 device (IFF_TUN) whose packets come without a header (IFF_NO_PI).
+_TUNSETIFF = 0x400454CA
+_IFF_TUN = 0x0001
+_IFF_NO_PI = 0x1000
+_TUN = Path("/dev/net/tun")
+
 
 class Nat(enum.Enum):
     """How a home router rewrites outgoing packets: nft's masquerade statement."""
@@ -87,6 +108,17 @@ def missing() -> str | None:
     for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("turnserver", "coturn")):
         if shutil.which(tool) is None:
             return f"the NAT lab needs {tool}: apt-get install {package}"
+    return None
+
+
+def wire_missing() -> str | None:
+    """Why a far host on a :class:`Wire` cannot be had here, or None when it can."""
+    if os.geteuid() != 0:
+        return "the wire lab needs root (ip netns, TUN devices)"
+    if shutil.which("ip") is None:
+        return "the wire lab needs ip: apt-get install iproute2"
+    if not _TUN.exists():
+        return f"the wire lab needs {_TUN}: load the tun kernel module (modprobe tun)"
     return None
 
 
@@ -188,6 +220,133 @@ class Service:
             self._reader.join(STOP_DEADLINE)
 
 
+@dataclass(frozen=True)
+class Impairment:
+    """What a wire does to the packets going one way, as netem's delay, jitter and loss."""
+
+    #: Seconds every packet is held.
+    delay: float = 0.0
+    #: Up to this many seconds more, drawn for each packet, so that one may
+    #: overtake another, as with netem's jitter. (In order, the interarrival
+    #: jitter that RTP receivers report cannot exceed about two packet intervals.)
+    jitter: float = 0.0
+    #: The fraction of packets dropped, at random.
+    loss: float = 0.0
+
+
+class _Lane:
+    """One direction of a wire: packets read from one TUN device, held, written to the other."""
+
+    def __init__(self, source: int, sink: int, rng: random.Random) -> None:
+        self.source = source
+        self.sink = sink
+        #: Replaced whole by :meth:`Wire.impair`; read once per packet.
+        self.impairment = Impairment()
+        #: (when it is due, arrival number, packet): a heap, soonest first.
+        self.queue: list[tuple[float, int, bytes]] = []
+        self._rng = rng
+        self._arrivals = itertools.count()
+
+    def take(self) -> None:
+        """Read every packet waiting, and drop it or queue it for when it is due."""
+        while True:
+            try:
+                packet = os.read(self.source, 65536)
+            except BlockingIOError:
+                return
+            impairment = self.impairment
+            if impairment.loss and self._rng.random() < impairment.loss:
+                continue
+            due = time.monotonic() + impairment.delay + impairment.jitter * self._rng.random()
+            heapq.heappush(self.queue, (due, next(self._arrivals), packet))
+
+    def release(self, now: float) -> None:
+        """Pass on every packet that is due."""
+        while self.queue and self.queue[0][0] <= now:
+            _, _, packet = heapq.heappop(self.queue)
+            # A device going away at the end takes its packets with it.
+            with contextlib.suppress(OSError):
+                os.write(self.sink, packet)
+
+
+def _open_tun(name: str) -> int:
+    """A new TUN device ``name`` in the calling thread's namespace; its file descriptor."""
+    fd = os.open(_TUN, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), _IFF_TUN | _IFF_NO_PI))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class Wire:
+    """A point-to-point link between two namespaces, carried by a thread of this process.
+
+    Each end is a TUN device named ``wire``; whatever one namespace sends
+    into its end comes out of the other's, held or dropped as
+    :meth:`impair` says for that direction. The devices exist only while
+    their file descriptors are open, so they vanish with :meth:`close`, or
+    with this process however it ends.
+    """
+
+    NAME = "wire"
+
+    def __init__(self, a: str, b: str, seed: int = 1) -> None:
+        self.namespaces = (a, b)
+        fds: list[int] = []
+        try:
+            for ns in self.namespaces:
+                fds.append(call_in(ns, lambda: _open_tun(self.NAME)))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self._fds = fds
+        rng = random.Random(seed)
+        #: Keyed by the namespace the packets go into.
+        self._lanes = {b: _Lane(fds[0], fds[1], rng), a: _Lane(fds[1], fds[0], rng)}
+        self._wake, self._woken = os.pipe()
+        self._thread = threading.Thread(target=self._carry, name=f"wire {a}-{b}", daemon=True)
+        self._thread.start()
+
+    def impair(self, into: str, impairment: Impairment) -> None:
+        """From now on, do ``impairment`` to the packets going into namespace ``into``."""
+        self._lanes[into].impairment = impairment
+
+    def _carry(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            for lane in self._lanes.values():
+                selector.register(lane.source, selectors.EVENT_READ, lane)
+            selector.register(self._wake, selectors.EVENT_READ, None)
+            while True:
+                due = [lane.queue[0][0] for lane in self._lanes.values() if lane.queue]
+                timeout = max(0.0, min(due) - time.monotonic()) if due else None
+                for key, _ in selector.select(timeout):
+                    if key.data is None:
+                        return
+                    key.data.take()
+                now = time.monotonic()
+                for lane in self._lanes.values():
+                    lane.release(now)
+
+    def close(self) -> None:
+        """Stop carrying, and remove both devices."""
+        os.write(self._woken, b"x")
+        self._thread.join(STOP_DEADLINE)
+        for fd in (*self._fds, self._wake, self._woken):
+            os.close(fd)
+
+
+@dataclass
+class FarHost:
+    """A host on the public segment's far side: its one link there is a :class:`Wire`."""
+
+    ns: str
+    address: str
+    wire: Wire
+
+
 @dataclass
 class Home:
     """A host behind a NAT router: its namespace, its router's and their addresses."""
@@ -212,6 +371,7 @@ class Lab:
         self.homes: list[Home] = []
         self.services: list[Service] = []
         self.namespaces: list[str] = []
+        self.wires: list[Wire] = []
         #: coturn's static-auth-secret, also in ``turn_secret_file``.
         self.turn_secret = secrets.token_hex(16)
         self.turn: Service | None = None
@@ -297,6 +457,21 @@ table ip home {{
         self.homes.append(home)
         return home
 
+    def add_far_host(self) -> FarHost:
+        """A host on ``FAR_IP`` whose only link, to the public namespace, is a :class:`Wire`.
+
+        No NAT: it reaches the server, and is reached, directly; and so does
+        anything running in the public namespace itself (a browser).
+        """
+        ns = self._namespace(f"{self.tag}-far")
+        wire = Wire(self.public, ns)
+        self.wires.append(wire)
+        for end, address, peer in ((self.public, FAR_GATEWAY, FAR_IP), (ns, FAR_IP, FAR_GATEWAY)):
+            _run("ip", "-n", end, "addr", "add", address, "peer", peer, "dev", Wire.NAME)
+            _run("ip", "-n", end, "link", "set", Wire.NAME, "up")
+        _run("ip", "-n", ns, "route", "add", "default", "dev", Wire.NAME)
+        return FarHost(ns=ns, address=FAR_IP, wire=wire)
+
     @staticmethod
     def _nft(ns: str, ruleset: str) -> None:
         done = subprocess.run(
@@ -357,10 +532,11 @@ table ip home {{
         self.services.append(service)
         return service
 
-    def chromium(self, home: Home) -> Path:
-        """An executable that runs Debian's Chromium inside ``home``, for Playwright."""
-        wrapper = self.workdir / f"chromium-{home.ns}"
-        wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {home.ns} {CHROMIUM} "$@"\n')
+    def chromium(self, home: Home | str) -> Path:
+        """An executable that runs Debian's Chromium in ``home`` or a namespace, for Playwright."""
+        ns = home if isinstance(home, str) else home.ns
+        wrapper = self.workdir / f"chromium-{ns}"
+        wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {ns} {CHROMIUM} "$@"\n')
         wrapper.chmod(0o755)
         return wrapper
 
@@ -370,6 +546,9 @@ table ip home {{
         """Stop every service, end whatever else runs in the namespaces, remove them."""
         for service in reversed(self.services):
             service.stop()
+        # Before the namespaces go: a TUN device left in one would be moved to the host's.
+        for wire in self.wires:
+            wire.close()
         for ns in reversed(self.namespaces):
             # Processes started in the lab outlive its namespace otherwise (a browser, a bot).
             pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -239,6 +240,11 @@ async def test_a_browser_and_a_bot_behind_symmetric_nats_talk_through_coturn(
             event = await bot.wait_for("peer_connected", peer=case_id, timeout=MESH_DEADLINE)
             assert "relay" in (event["local"], event["remote"]), event
             await case.connected_to(bot_id)
+            # The page says so beside the bot's name (web/quality.js, from getStats).
+            quality = case.person(bot_id).locator(".quality")
+            await expect(quality).to_have_attribute("data-route", "relayed")
+            await expect(quality.locator(".relayed")).to_be_visible()
+            await expect(quality).to_have_attribute("title", re.compile("relayed through TURN"))
             # The bot's tone reaches the page's Web Audio, and the page's reaches the bot.
             await case.hears(bot_id)
             await expect(case.person(bot_id)).to_have_attribute(

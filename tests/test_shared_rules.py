@@ -3,7 +3,8 @@
 ``tests/fixtures/peer-messages.json`` holds valid and invalid data channel
 messages and signal payloads. Every case goes through the Python decoders
 here, and through the page's own modules in real Chromium, and both must
-reach the verdict the fixture records.
+reach the verdict the fixture records. ``tests/fixtures/quality.json`` does
+the same for the levels of the connection indicator.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from chatsubo.peer.signaling import SignalingOptions
 from chatsubo.space import BAR
 from tests.conftest import RunningServer
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "peer-messages.json").read_text())
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE = json.loads((FIXTURES / "peer-messages.json").read_text())
+QUALITY = json.loads((FIXTURES / "quality.json").read_text())["cases"]
 
 
 def _signal_kind(data: Any) -> str:
@@ -154,6 +157,44 @@ async def test_the_browser_computes_the_shared_rules_as_python_does(
     assert got["free"] == expected_free
     assert any(expected_free)
     assert not all(expected_free)
+
+
+@pytest.mark.parametrize("case", QUALITY, ids=lambda c: c["case"])
+def test_python_grades_links_as_the_fixture_says(case: dict[str, Any]) -> None:
+    assert BAR.peer.quality.level(case["rtt"], case["loss"], case["jitter"]) == case["level"]
+
+
+def test_the_quality_fixture_sits_on_every_limit() -> None:
+    """Each limit appears exactly in some case, so a changed limit shows up here first."""
+    quality = BAR.peer.quality
+    for figure in ("rtt", "loss", "jitter"):
+        for limits in (quality.good, quality.poor):
+            assert getattr(limits, figure) in {case[figure] for case in QUALITY}, (figure, limits)
+    assert {case["level"] for case in QUALITY} == {"good", "fair", "poor", "unknown"}
+
+
+#: Grades every fixture case with the page's module and the served limits.
+_BROWSER_LEVELS = """
+async (cases) => {
+  const { qualityLevel } = await import("/quality.js");
+  const rules = (await (await fetch("/api/space")).json()).peer.quality;
+  return cases.map((c) => qualityLevel(rules, c.rtt, c.loss, c.jitter));
+}
+"""
+
+
+async def test_the_browser_grades_links_as_the_fixture_says(
+    server: RunningServer, browser: Browser
+) -> None:
+    page = await browser.new_page()
+    await page.goto(f"{server.url}/healthz")
+    levels = await page.evaluate(_BROWSER_LEVELS, QUALITY)
+    wrong = [
+        f"{case['case']}: browser says {got!r}, not {case['level']!r}"
+        for case, got in zip(QUALITY, levels, strict=True)
+        if got != case["level"]
+    ]
+    assert not wrong, "\n".join(wrong)
 
 
 async def test_the_client_rules_are_served_as_python_defines_them(server: RunningServer) -> None:

@@ -2,19 +2,18 @@
 // Everything other people typed is inserted with textContent, never as HTML.
 
 import { SpatialAudio } from "./audio.js";
+import { canChooseSpeakers, Devices } from "./devices.js";
 import { forgetFragment, inviteClaims, Invites, readInviteLink } from "./invite.js";
 import { BarMap } from "./map.js";
 import { MeshPeer } from "./mesh.js";
+import { MicrophoneCheck, openMicrophone, showLevel } from "./microphone.js";
 import { loadProtocol } from "./protocol.js";
+import { describeQuality, LinkQuality, UNMEASURED } from "./quality.js";
 import { SignalingClient } from "./signaling.js";
 import { freeSpot, isFree, loadSpace, zoneAt } from "./space.js";
 
 const NAME_KEY = "chatsubo.name";
 const PUSH_TO_TALK_KEY = "chatsubo.pushToTalk";
-/** The own-level meter: this level (dBFS) and below reads empty, 0 dBFS full. */
-const METER_FLOOR_DBFS = -60;
-/** How far the meter may fall per update (of 0 to 1). */
-const METER_FALL = 0.25;
 /** How long a voice counts as speaking after it was last heard (ms). */
 const SPEAKING_HOLD = 1000;
 /** How long to wait for a newcomer's zone before announcing them without it (ms). */
@@ -88,36 +87,16 @@ function isTyping(target) {
   return target instanceof HTMLInputElement && !NOT_TEXT.includes(target.type);
 }
 
-/** The microphone, or why there is none: {track} or {problem: words}. */
-async function openMicrophone() {
-  if (!window.isSecureContext || navigator.mediaDevices?.getUserMedia === undefined) {
-    return {
-      problem:
-        "Browsers allow the microphone only on https:// or on this computer. " +
-        "You can listen and chat; ask the host to start the server with --self-signed to talk.",
-    };
-  }
-  try {
-    const stream = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-    });
-    return { track: stream.getAudioTracks()[0] };
-  } catch (error) {
-    const why =
-      error.name === "NotAllowedError"
-        ? "The microphone is blocked. Allow it for this site (the icon in the address bar), then try again."
-        : error.name === "NotFoundError"
-          ? "No microphone was found."
-          : `The microphone could not be opened (${error.message || error.name}).`;
-    return { problem: `${why} You can still listen and chat.` };
-  }
-}
-
 /** The lobby: the live room list and the door. */
 class Lobby {
-  constructor(signaling, enter) {
+  constructor(signaling, devices, enter) {
     this.signaling = signaling;
     this.enter = enter;
+    this.micCheck = new MicrophoneCheck(devices, {
+      button: $("mic-check"),
+      meter: $("lobby-mic-level"),
+      text: $("mic-check-text"),
+    });
     this.invites = new Invites(localStorage);
     this.lastAttempt = null;
     this.busy = false;
@@ -191,6 +170,8 @@ class Lobby {
     this.lastAttempt = roomId;
     this.hideError();
     this.setBusy(true);
+    // The room opens the microphone for itself.
+    this.micCheck.stop();
     const target = roomId || this.signaling.rules.defaultRoom;
     try {
       await this.enter(target, name, this.invites.forRoom(target));
@@ -290,9 +271,10 @@ class Lobby {
 
 /** One room visit: the mesh, the map, the voices and the chat. */
 class Room {
-  constructor(space, signaling, roomId, name, token) {
+  constructor(space, signaling, devices, roomId, name, token) {
     this.space = space;
     this.signaling = signaling;
+    this.devices = devices;
     this.roomId = roomId;
     this.name = name;
     /** The room's invite, on an invite-only server. */
@@ -301,6 +283,11 @@ class Room {
     this.peer = new MeshPeer(signaling, space.peer);
     this.map = null;
     this.mic = null;
+    /** The microphone asked for ("" for the default): a change to another one reopens it. */
+    this._micDevice = "";
+    /** Microphones asked for so far: only the latest one asked for is used. */
+    this._micAsks = 0;
+    this._closed = false;
     /** Muted with the Mute button: silent whatever else. */
     this.muted = false;
     /** Push-to-talk: the microphone is on only while `talking` (Space or the button held). */
@@ -315,13 +302,19 @@ class Room {
     this.people = new Map();
     this._off = [];
     this._levelTimer = null;
+    this._quality = new LinkQuality(space.peer.quality);
+    this._measuring = false;
+    this._qualityTimer = null;
     window.chatsubo = { space, signaling, peer: this.peer, audio: this.audio };
   }
 
   /** Join and show the room; rejects (and cleans up) when the server refuses. */
   async enter() {
     this.audio.resume();
-    const microphone = openMicrophone();
+    this.audio.setSink(this.devices.use("audiooutput"));
+    this._micDevice = this.devices.use("audioinput");
+    const ask = ++this._micAsks;
+    const microphone = openMicrophone(this._micDevice);
     this._listen();
     try {
       const joined = await this.signaling.join(this.roomId, this.name, this.token);
@@ -333,7 +326,9 @@ class Room {
       throw error;
     }
     this._show();
-    this._useMicrophone(await microphone);
+    const opened = await microphone;
+    if (ask === this._micAsks && !this._closed) this._useMicrophone(opened);
+    else opened.track?.stop();
   }
 
   _listen() {
@@ -367,6 +362,11 @@ class Room {
       p.on("track", ({ peerId, stream }) => this._addVoice(peerId, stream)),
       p.on("position", ({ peerId, position }) => this._moved(peerId, position)),
       p.on("chat", ({ peerId, message }) => this._chatLine(peerId, message.text)),
+      this.audio.on("outputchange", () => this._renderEcho()),
+      this.devices.on("change", ({ kind, deviceId }) => {
+        if (kind === "audiooutput") this.audio.setSink(deviceId);
+        else if (deviceId !== this._micDevice) this.switchMicrophone(deviceId);
+      }),
     );
   }
 
@@ -394,24 +394,58 @@ class Room {
     this._renderCount();
     this._notice(`You walked into ${this.roomId}.`);
     this._levelTimer = setInterval(() => this._renderLevels(), 250);
+    this._qualityTimer = setInterval(() => this._measureQuality(), this.space.peer.quality.interval * 1000);
     this._renderTalk();
+    this._renderEcho();
     svg.focus();
   }
 
+  /**
+   * Use `track` as our voice (or none, saying `problem`): on every link at
+   * once through replaceTrack, with no renegotiation. The old one stops after.
+   */
   _useMicrophone({ track, problem }) {
-    this.mic?.stop();
+    const old = this.mic;
     this.mic = track ?? null;
     this.peer.setTrack(this.mic);
     this.audio.setMicrophone(this.mic);
+    old?.stop();
+    // Unplugged: the browser ends the track; take whichever microphone is left.
+    track?.addEventListener("ended", () => this.mic === track && this.retryMicrophone());
     $("mic-notice").hidden = this.mic !== null;
     $("mic-notice-text").textContent = problem ?? "";
     $("mute").disabled = this.mic === null;
-    this._setMuted(false);
+    this._setMuted(this.mic !== null && this.muted);
     this._renderTalk();
+    // Allowed now, so the browser names the devices.
+    if (this.mic !== null) this.devices.refresh();
   }
 
-  async retryMicrophone() {
-    this._useMicrophone(await openMicrophone());
+  retryMicrophone() {
+    return this.switchMicrophone(this.devices.use("audioinput"));
+  }
+
+  /**
+   * Talk through the microphone with `deviceId` ("" for the default). If it
+   * cannot be opened, the one in use stays, and a notice says why.
+   */
+  async switchMicrophone(deviceId) {
+    const ask = ++this._micAsks;
+    this._micDevice = deviceId;
+    const opened = await openMicrophone(deviceId);
+    if (this._closed || ask !== this._micAsks) {
+      // Left meanwhile, or another was asked for since.
+      opened.track?.stop();
+    } else if (opened.track === undefined && this.mic?.readyState === "live") {
+      this._notice(opened.problem);
+    } else {
+      this._useMicrophone(opened);
+    }
+  }
+
+  /** "Headphones help" only where echo is not cancelled: the mix plays directly. */
+  _renderEcho() {
+    $("echo-hint").hidden = this.audio.output !== "direct" || this.audio.loopbackPending;
   }
 
   toggleMute() {
@@ -475,7 +509,9 @@ class Room {
 
   /** Leave the room and tidy up everything it started. */
   close() {
+    this._closed = true;
     clearInterval(this._levelTimer);
+    clearInterval(this._qualityTimer);
     for (const off of this._off) off();
     this.peer.close();
     this.signaling.leave();
@@ -503,6 +539,14 @@ class Room {
     const where = make("span", "", "where");
     const earshot = make("span", "", "earshot");
     const state = make("span", "", "link-state");
+    // Shown only while connected (style.css): bars for the level, the figures on hover.
+    const quality = make("span", "", "quality");
+    const bars = make("span", "", "bars");
+    bars.setAttribute("aria-hidden", "true");
+    bars.append(make("span"), make("span"), make("span"));
+    const relayed = make("span", "relayed", "relayed");
+    relayed.setAttribute("aria-hidden", "true");
+    quality.append(bars, make("span", "", "visually-hidden"), relayed);
     const volumeId = `volume-${info.peerId}`;
     const label = make("label", `Volume for ${info.name}`, "visually-hidden");
     label.htmlFor = volumeId;
@@ -510,12 +554,13 @@ class Room {
       type: "range", id: volumeId, className: "volume", min: "0", max: "1", step: "0.05", value: "1",
     });
     volume.addEventListener("input", () => this.audio.setVolume(info.peerId, Number(volume.value)));
-    item.append(who, where, earshot, state, label, volume);
+    item.append(who, where, earshot, state, quality, label, volume);
     $("people").append(item);
     const person = {
       name: info.name, zone: null, item, speakingUntil: 0, announce: null, at: null, heardAt: -Infinity,
     };
     this.people.set(info.peerId, person);
+    this._renderQuality(person, UNMEASURED);
     this.map?.setPerson(info.peerId, info.name);
     this._updatePerson(info.peerId, info.name, info.zone ?? null);
     this._renderLink(info.peerId);
@@ -566,6 +611,36 @@ class Room {
     this._notice(`${person.name} left`);
   }
 
+  /** Read every connected link's stats, all at once; a slow reading is not overtaken. */
+  async _measureQuality() {
+    if (this._measuring) return;
+    this._measuring = true;
+    try {
+      await Promise.all(
+        [...this.people].map(async ([peerId, person]) => {
+          const link = this.peer.links.get(peerId);
+          // Closed meanwhile (unlinked, replaced, left): nothing to say.
+          const figures = link?.connected
+            ? await this._quality.measure(link.pc).catch(() => UNMEASURED)
+            : UNMEASURED;
+          this._renderQuality(person, figures);
+        }),
+      );
+    } finally {
+      this._measuring = false;
+    }
+  }
+
+  /** A person's connection indicator: the level, the route, and the figures on hover. */
+  _renderQuality(person, figures) {
+    const indicator = person.item.querySelector(".quality");
+    const { label, title } = describeQuality(figures);
+    indicator.dataset.level = figures.level;
+    indicator.dataset.route = figures.route ?? "unknown";
+    indicator.title = title;
+    indicator.querySelector(".visually-hidden").textContent = label;
+  }
+
   _renderCount() {
     const n = this.people.size;
     $("people-count").textContent = n ? `(${n + 1} with you)` : "";
@@ -604,11 +679,7 @@ class Room {
 
   _renderLevels() {
     const now = performance.now();
-    const own = this.audio.microphoneLevel();
-    const meter = $("mic-level");
-    // Rises at once, falls back gently: speech comes in bursts.
-    const level = Math.min(1, Math.max(0, 1 - own / METER_FLOOR_DBFS));
-    meter.value = Math.max(level, meter.value - METER_FALL);
+    showLevel($("mic-level"), this.audio.microphoneLevel());
     for (const [peerId, person] of this.people) {
       if (this.audio.speaking(peerId)) person.speakingUntil = now + SPEAKING_HOLD;
       const speaking = now < person.speakingUntil;
@@ -736,9 +807,16 @@ async function main() {
     return;
   }
   const signaling = new SignalingClient(protocol);
+  const devices = new Devices(localStorage);
+  for (const select of document.querySelectorAll("select[data-device]")) {
+    devices.bind(select, select.dataset.device);
+  }
+  // Where the browser can't send the mix to chosen speakers, it picks them itself.
+  for (const node of document.querySelectorAll(".speakers")) node.hidden = !canChooseSpeakers();
+  devices.refresh();
   let room = null;
-  const lobby = new Lobby(signaling, async (roomId, name, token) => {
-    const visit = new Room(space, signaling, roomId, name, token);
+  const lobby = new Lobby(signaling, devices, async (roomId, name, token) => {
+    const visit = new Room(space, signaling, devices, roomId, name, token);
     await visit.enter();
     room = visit;
   });

@@ -1,7 +1,10 @@
 // Spatial audio: every remote voice placed around the listener with Web Audio,
 // the browser's twin of SpatialMixer in chatsubo/peer/audio.py. Both use the
-// distance model served at /api/space.
+// distance model served at /api/space. The mix plays through the
+// echo-cancelling loopback (loopback.js) where the browser needs it.
 
+import { Emitter } from "./events.js";
+import { Loopback, loopbackWanted } from "./loopback.js";
 import { distanceGain } from "./space.js";
 
 /** Seconds for gains and positions to glide to a new value: never a jump. */
@@ -10,6 +13,9 @@ const GLIDE = 0.1;
 const GAIN_RAMP = 0.25;
 /** Below this level (dBFS) a voice counts as silent. */
 const SPEAKING_DBFS = -50;
+/** Waits between tries to build the loopback again (ms): doubling from the first to the last. */
+const LOOPBACK_RETRY_FIRST = 1000;
+const LOOPBACK_RETRY_LAST = 30000;
 
 /**
  * The RMS level of what `analyser` hears right now, in dBFS (-Infinity for
@@ -30,9 +36,36 @@ function rmsDbfs(analyser, samples, block = samples.length) {
 const MIC_WINDOW = 16384;
 const MIC_BLOCK = 1024;
 
+/**
+ * The level of one microphone track in `context`: an analyser only, never
+ * played, so nobody hears themselves. A disabled track (muted, or
+ * push-to-talk with the key up) reads silent, which is what the others hear.
+ */
+export class MicrophoneMeter {
+  constructor(context, track) {
+    this.track = track;
+    this.source = context.createMediaStreamSource(new MediaStream([track]));
+    this.analyser = context.createAnalyser();
+    // Longer than the page's meter interval, so that no short sound slips between reads.
+    this.analyser.fftSize = MIC_WINDOW;
+    this.samples = new Float32Array(this.analyser.fftSize);
+    this.source.connect(this.analyser);
+  }
+
+  /** How loud the microphone is right now, in dBFS (-Infinity for silence). */
+  level() {
+    return rmsDbfs(this.analyser, this.samples, MIC_BLOCK);
+  }
+
+  stop() {
+    this.source.disconnect();
+  }
+}
+
 /** One remote voice: muted <audio> (the Chrome workaround), gain, panner, level meter. */
 class Voice {
-  constructor(context, stream) {
+  /** `stream` played in `context`, into `output` (the mix). */
+  constructor(context, stream, output) {
     // Chrome feeds Web Audio silence from a remote stream unless a media
     // element also plays it (Chromium bugs 933677, 121673).
     this.element = new Audio();
@@ -50,7 +83,7 @@ class Voice {
     // inverse PannerNode never falls to zero. With no roll-off it keeps 1.
     this.panner = new PannerNode(context, { panningModel: "HRTF", rolloffFactor: 0 });
     this.source.connect(this.analyser);
-    this.source.connect(this.gain).connect(this.panner).connect(context.destination);
+    this.source.connect(this.gain).connect(this.panner).connect(output);
     this.volume = 1;
     /** Where the peer stands; null until it says so, and silent until then. */
     this.position = null;
@@ -69,16 +102,37 @@ class Voice {
  * Map meters become Web Audio coordinates as x -> x and y -> z: the
  * listener faces up the map (toward smaller y), so a voice to the east is
  * heard on the right, as in the Python mixer.
+ *
+ * Every voice goes into one mix. Where the browser needs it (loopbackWanted),
+ * the mix plays through the echo-cancelling Loopback; until that is up, and
+ * whenever it falls, the mix plays directly from the AudioContext at once, and
+ * the loopback is built again with backoff.
+ *
+ * Events: `outputchange` ("loopback" or "direct").
  */
-export class SpatialAudio {
-  constructor(distanceModel) {
+export class SpatialAudio extends Emitter {
+  constructor(distanceModel, { loopback = loopbackWanted() } = {}) {
+    super();
     this.model = distanceModel;
     this.context = new AudioContext();
+    this.mix = this.context.createGain();
+    this.mix.connect(this.context.destination);
+    /** Where the mix plays: "direct" from the AudioContext, or through the "loopback". */
+    this.output = "direct";
+    /** The loopback in use, or null. */
+    this.loopback = null;
+    /** Whether the first loopback is still being built (say nothing about echo yet). */
+    this.loopbackPending = loopback;
+    this._loopbackFailures = 0;
+    this._rebuild = null;
+    this._closed = false;
+    /** The chosen speakers' deviceId; "" is the system's default. */
+    this._sink = "";
     /** @type {Map<string, Voice>} */
     this.voices = new Map();
     /** Volumes set by the user, kept when a voice is replaced by a new stream. */
     this.volumes = new Map();
-    /** Our own microphone's meter: {source, analyser, samples}, or null. */
+    /** Our own microphone's meter, or null. */
     this._mic = null;
     this.listener = [0, 0];
     const l = this.context.listener;
@@ -88,6 +142,11 @@ export class SpatialAudio {
     l.upX.value = 0;
     l.upY.value = 1;
     l.upZ.value = 0;
+    if (loopback) {
+      this._feed = this.context.createMediaStreamDestination();
+      this.mix.connect(this._feed);
+      this._buildLoopback();
+    }
   }
 
   /** Start playing: browsers keep an AudioContext suspended until a user gesture. */
@@ -102,7 +161,7 @@ export class SpatialAudio {
    */
   add(peerId, stream, position = null) {
     this.remove(peerId);
-    const voice = new Voice(this.context, stream);
+    const voice = new Voice(this.context, stream, this.mix);
     this.voices.set(peerId, voice);
     voice.position = position;
     voice.volume = this.volumes.get(peerId) ?? 1;
@@ -155,20 +214,32 @@ export class SpatialAudio {
    * with the key up) reads silent, which is what the others hear.
    */
   setMicrophone(track) {
-    this._mic?.source.disconnect();
-    this._mic = null;
-    if (track == null) return;
-    const source = this.context.createMediaStreamSource(new MediaStream([track]));
-    const analyser = this.context.createAnalyser();
-    // Longer than the page's meter interval, so that no short sound slips between reads.
-    analyser.fftSize = MIC_WINDOW;
-    source.connect(analyser);
-    this._mic = { source, analyser, samples: new Float32Array(analyser.fftSize) };
+    this._mic?.stop();
+    this._mic = track == null ? null : new MicrophoneMeter(this.context, track);
+  }
+
+  /** The microphone track being metered, or null. */
+  get microphone() {
+    return this._mic?.track ?? null;
   }
 
   /** How loud our own microphone is right now, in dBFS (-Infinity for silence or none). */
   microphoneLevel() {
-    return this._mic == null ? -Infinity : rmsDbfs(this._mic.analyser, this._mic.samples, MIC_BLOCK);
+    return this._mic?.level() ?? -Infinity;
+  }
+
+  /**
+   * Play through the speakers with `deviceId` ("" for the system's default),
+   * where the browser lets a page choose; resolves to whether it could.
+   */
+  async setSink(deviceId) {
+    this._sink = deviceId;
+    const outputs = [this.context, this.loopback?.element].filter((o) => o?.setSinkId !== undefined);
+    const results = await Promise.allSettled(outputs.map((output) => output.setSinkId(deviceId)));
+    const refused = results.find((result) => result.status === "rejected");
+    if (refused === undefined) return outputs.length > 0;
+    console.info("the speakers could not be chosen: %s", refused.reason);
+    return false;
   }
 
   speaking(peerId) {
@@ -176,9 +247,63 @@ export class SpatialAudio {
   }
 
   close() {
+    this._closed = true;
+    clearTimeout(this._rebuild);
+    this.loopback?.close();
     this.setMicrophone(null);
     for (const peerId of [...this.voices.keys()]) this.remove(peerId);
     this.context.close();
+  }
+
+  // --- the echo-cancelling loopback -----------------------------------------------
+
+  async _buildLoopback() {
+    const loopback = new Loopback(this._feed.stream.getAudioTracks()[0]);
+    try {
+      await loopback.start();
+      if (this._sink) await loopback.element.setSinkId?.(this._sink);
+    } catch (error) {
+      loopback.close();
+      if (this._closed) return;
+      console.info("the echo-cancelling loopback could not be built: %s", error);
+      this._retryLoopback();
+      return;
+    }
+    if (this._closed) {
+      loopback.close();
+      return;
+    }
+    this._loopbackFailures = 0;
+    loopback.on("down", (why) => this._loopbackFell(loopback, why));
+    this.loopback = loopback;
+    // Heard through the loopback first, then no longer directly: a moment of both, no gap.
+    loopback.element.muted = false;
+    this.mix.disconnect(this.context.destination);
+    this._setOutput("loopback");
+  }
+
+  _loopbackFell(loopback, why) {
+    if (this.loopback !== loopback || this._closed) return;
+    console.info("the echo-cancelling loopback fell (%s): playing directly", why);
+    // Directly first, then the loopback goes: no silence in between.
+    this.mix.connect(this.context.destination);
+    this.loopback = null;
+    loopback.close();
+    this._setOutput("direct");
+    this._retryLoopback();
+  }
+
+  _retryLoopback() {
+    this._loopbackFailures += 1;
+    const wait = LOOPBACK_RETRY_FIRST * 2 ** (this._loopbackFailures - 1);
+    this._rebuild = setTimeout(() => this._buildLoopback(), Math.min(wait, LOOPBACK_RETRY_LAST));
+    if (this.loopbackPending) this._setOutput("direct");
+  }
+
+  _setOutput(output) {
+    this.output = output;
+    this.loopbackPending = false;
+    this.emit("outputchange", output);
   }
 
   _place(voice) {

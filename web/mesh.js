@@ -9,12 +9,16 @@
 import { decodeChat, decodePosition } from "./channels.js";
 import { Emitter } from "./events.js";
 import { decodeSignal } from "./protocol.js";
+import { withOpusParameters } from "./sdp.js";
 
 /**
  * How long signals from a peer not linked yet are held (ms): the peer's offer
  * may overtake the server's `link` to us (with several server instances).
  */
 const HOLD_UNLINKED = 3000;
+
+/** Every voice asks for Opus DTX, so that silence costs next to nothing. */
+const DTX = { usedtx: 1 };
 
 /** The connection to one remote peer, with its channels and its place in negotiation. */
 export class Link {
@@ -380,7 +384,7 @@ export class MeshPeer extends Emitter {
     this._attachTrack(link);
     this._openChannels(link);
     const offer = await pc.createOffer();
-    await pc.setLocalDescription({ type: "offer", sdp: withOpusDtx(offer.sdp) });
+    await pc.setLocalDescription({ type: "offer", sdp: withOpusParameters(offer.sdp, DTX) });
     if (link.pc === pc) this.signaling.signal(link.peerId, pc.localDescription.toJSON());
   }
 
@@ -419,7 +423,7 @@ export class MeshPeer extends Emitter {
     this._attachTrack(link);
     this._openChannels(link);
     const answer = await pc.createAnswer();
-    await pc.setLocalDescription({ type: "answer", sdp: withOpusDtx(answer.sdp) });
+    await pc.setLocalDescription({ type: "answer", sdp: withOpusParameters(answer.sdp, DTX) });
     this._limitBitrate(link);
     if (link.pc === pc) this.signaling.signal(link.peerId, pc.localDescription.toJSON());
   }
@@ -467,35 +471,11 @@ function audioTransceiverOf(pc) {
   return pc.getTransceivers().find((t) => t.receiver.track.kind === "audio");
 }
 
-/**
- * `sdp` with every Opus format asking for DTX (`usedtx=1`), so that silence
- * costs next to nothing; its other parameters (useinbandfec, stereo...) stay
- * as they are. For our own descriptions, before setLocalDescription.
- */
-export function withOpusDtx(sdp) {
-  const lines = sdp.split("\r\n");
-  const opus = lines.map((line) => /^a=rtpmap:(\d+) opus\//i.exec(line)?.[1]).filter(Boolean);
-  for (const format of opus) {
-    const prefix = `a=fmtp:${format} `;
-    const at = lines.findIndex((line) => line.startsWith(prefix));
-    if (at === -1) {
-      // No parameters yet: a line of its own, after the format's rtpmap.
-      const rtpmap = lines.findIndex((line) => line.startsWith(`a=rtpmap:${format} `));
-      lines.splice(rtpmap + 1, 0, `${prefix}usedtx=1`);
-    } else {
-      const kept = lines[at].slice(prefix.length).split(";").filter((p) => p && !p.trim().startsWith("usedtx="));
-      lines[at] = prefix + [...kept, "usedtx=1"].join(";");
-    }
-  }
-  return lines.join("\r\n");
-}
-
 function channelOptions(spec) {
   const options = { negotiated: true, id: spec.id, ordered: spec.ordered };
   if (spec.maxRetransmits !== null) options.maxRetransmits = spec.maxRetransmits;
   return options;
 }
-
 
 async function addCandidate(pc, candidate) {
   // null is the end of candidates.
