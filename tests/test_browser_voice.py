@@ -100,6 +100,35 @@ _EAR_HEARS = """
 }
 """
 
+#: Left and right meters on the mix and on what the loopback's element plays.
+_LISTEN_STEREO = """
+() => {
+  const audio = window.chatsubo.audio;
+  const context = audio.context;
+  const element = context.createMediaStreamSource(audio.loopback.element.srcObject);
+  window.__sides = {};
+  for (const [name, node] of [["mix", audio.mix], ["element", element]]) {
+    const split = context.createChannelSplitter(2);
+    node.connect(split);
+    const sides = [context.createAnalyser(), context.createAnalyser()];
+    sides.forEach((analyser, channel) => split.connect(analyser, channel));
+    window.__sides[name] = sides;
+  }
+}
+"""
+
+#: The RMS level (dBFS) of each side: {mix: [left, right], element: [left, right]}.
+_STEREO_LEVELS = """
+() => Object.fromEntries(Object.entries(window.__sides).map(([name, sides]) => [
+  name,
+  sides.map((analyser) => {
+    const samples = new Float32Array(analyser.fftSize);
+    analyser.getFloatTimeDomainData(samples);
+    return 10 * Math.log10(samples.reduce((sum, x) => sum + x * x, 0) / samples.length);
+  }),
+]))
+"""
+
 #: What the loopback is doing: its two connections, bytes both ways, and its Opus line.
 _LOOPBACK = """
 async () => {
@@ -233,6 +262,18 @@ async def test_the_mix_plays_through_the_echo_cancelling_loopback(
     assert await to_speakers(case) == []
     await case.page.evaluate(_LISTEN, "element")
     await hears_pitch(case, "the loopback's <audio> element")
+
+    # In stereo: the bot stands to the east, heard on the right, through the loopback as in the mix.
+    await case.page.evaluate(_LISTEN_STEREO)
+    levels: dict[str, list[float]] = {}
+
+    async def placed() -> bool:
+        nonlocal levels
+        levels = await case.page.evaluate(_STEREO_LEVELS)
+        (mix_left, mix_right), (left, right) = levels["mix"], levels["element"]
+        return right - left > 3 and abs(left - mix_left) < 1 and abs(right - mix_right) < 1
+
+    await eventually(placed, UI_DEADLINE, lambda: f"left and right (dBFS): {levels}")
 
     # Where echo is cancelled, the page doesn't nag about headphones.
     await expect(case.page.locator("#echo-hint")).to_be_hidden()
