@@ -65,6 +65,17 @@ AudioNode.prototype.disconnect = function (...args) {
 };
 """
 
+#: The loopback cannot be built: the browser refuses to send the mix's track (as if unsupported).
+BREAK_LOOPBACK = """
+const addTransceiver = RTCPeerConnection.prototype.addTransceiver;
+RTCPeerConnection.prototype.addTransceiver = function (what, init) {
+  if (what instanceof MediaStreamTrack && init?.direction === "sendonly") {
+    throw new DOMException("not here", "NotSupportedError");
+  }
+  return addTransceiver.call(this, what, init);
+};
+"""
+
 #: What plays straight to the speakers: "mix" for the page's mix, else the node's name.
 _TO_SPEAKERS = """
 () => [...window.__toSpeakers].map((node) =>
@@ -214,17 +225,16 @@ async def hears_pitch(person: Person, what: str, pitch: float = PITCH) -> None:
 
 
 async def beside_a_bot(
-    server: RunningServer, crowd: Crowd, bots: Bots, path: str = "/", **bot_args: str
+    server: RunningServer, crowd: Crowd, bots: Bots, path: str = "/", init_script: str = ""
 ) -> tuple[Person, Bot, str]:
     """A page connected to a bot that stands beside it and sings at PITCH."""
-    args = [f"--{key}" if value == "" else f"--{key}={value}" for key, value in bot_args.items()]
     bot = await bots.start(
         server, ROOM, "Barkeep", "--audio", f"tone:{PITCH:g}",
-        "--position", f"{BESIDE[0]},{BESIDE[1]}", *args,
+        "--position", f"{BESIDE[0]},{BESIDE[1]}",
     )  # fmt: skip
     bot_id = await bot.peer_id()
     case = await crowd.visit(
-        server, "Case", init_script=ARRIVE_IN_THE_MIDDLE + WATCH_SPEAKERS, path=path
+        server, "Case", init_script=ARRIVE_IN_THE_MIDDLE + WATCH_SPEAKERS + init_script, path=path
     )
     await case.enter(ROOM)
     await case.connected_to(bot_id)
@@ -339,6 +349,35 @@ async def test_with_the_loopback_switched_off_the_mix_plays_directly(
     await expect(case.page.locator("#echo-hint")).to_contain_text("Headphones help")
     # No loopback, not even one tried: the page made its link to the bot and no more.
     assert await case.page.evaluate("() => window.chatsubo.audio.loopback") is None
+    case.assert_no_errors()
+
+
+async def test_when_the_loopback_cannot_be_built_the_mix_plays_directly_and_it_gives_up(
+    server: RunningServer, crowd: Crowd, bots: Bots
+) -> None:
+    case, _, _ = await beside_a_bot(server, crowd, bots, init_script=BREAK_LOOPBACK)
+    await expect(case.page.locator("#echo-hint")).to_be_visible()
+    assert await loopback(case) == {"output": "direct", "loopback": None}
+    assert await to_speakers(case) == ["mix"]
+    await case.page.evaluate(_LISTEN, "mix")
+    await hears_pitch(case, "the mix, played directly")
+
+    # It tries again, with backoff, and then stops: each try costs two of Chrome's
+    # 500 connections a tab. (1 + 2 + 4 + 8 s of waits: 5 tries.)
+    gave_up: list[Any] = []
+
+    async def given_up() -> bool:
+        nonlocal gave_up
+        gave_up = await case.page.evaluate(
+            "() => [window.chatsubo.audio.loopbackGaveUp, window.chatsubo.audio.loopbackBuilds]"
+        )
+        return bool(gave_up[0])
+
+    await eventually(given_up, 15.0 + MESH_DEADLINE, lambda: f"[gave up, tries] {gave_up}")
+    assert gave_up == [True, 5]
+    assert await loopback(case) == {"output": "direct", "loopback": None}
+    await expect(case.page.locator("#echo-hint")).to_be_visible()
+    await hears_pitch(case, "the mix, played directly")
     case.assert_no_errors()
 
 

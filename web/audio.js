@@ -13,9 +13,16 @@ const GLIDE = 0.1;
 const GAIN_RAMP = 0.25;
 /** Below this level (dBFS) a voice counts as silent. */
 const SPEAKING_DBFS = -50;
-/** Waits between tries to build the loopback again (ms): doubling from the first to the last. */
-const LOOPBACK_RETRY_FIRST = 1000;
-const LOOPBACK_RETRY_LAST = 30000;
+/**
+ * Waits before building the loopback again (ms): after it fell, the first;
+ * after builds that failed in a row, one each, and none after the last.
+ */
+const LOOPBACK_RETRIES = [1000, 2000, 4000, 8000];
+/**
+ * At most this many loopbacks in one visit: each is two RTCPeerConnections,
+ * and Chrome allows a tab 500 in its lifetime, the mesh's included.
+ */
+const LOOPBACK_BUILDS = 20;
 
 /**
  * The RMS level of what `analyser` hears right now, in dBFS (-Infinity for
@@ -106,7 +113,7 @@ class Voice {
  * Every voice goes into one mix. Where the browser needs it (loopbackWanted),
  * the mix plays through the echo-cancelling Loopback; until that is up, and
  * whenever it falls, the mix plays directly from the AudioContext at once, and
- * the loopback is built again with backoff.
+ * the loopback is built again (LOOPBACK_RETRIES, up to LOOPBACK_BUILDS).
  *
  * Events: `outputchange` ("loopback" or "direct").
  */
@@ -123,7 +130,10 @@ export class SpatialAudio extends Emitter {
     this.loopback = null;
     /** Whether the first loopback is still being built (say nothing about echo yet). */
     this.loopbackPending = loopback;
-    this._loopbackFailures = 0;
+    /** Loopbacks tried so far, and whether the page stopped trying (it plays directly). */
+    this.loopbackBuilds = 0;
+    this.loopbackGaveUp = false;
+    this._failedInARow = 0;
     this._rebuild = null;
     this._closed = false;
     /** The chosen speakers' deviceId; "" is the system's default. */
@@ -258,22 +268,29 @@ export class SpatialAudio extends Emitter {
   // --- the echo-cancelling loopback -----------------------------------------------
 
   async _buildLoopback() {
-    const loopback = new Loopback(this._feed.stream.getAudioTracks()[0]);
+    this.loopbackBuilds += 1;
+    let loopback = null;
     try {
+      loopback = new Loopback(this._feed.stream.getAudioTracks()[0]);
       await loopback.start();
-      if (this._sink) await loopback.element.setSinkId?.(this._sink);
     } catch (error) {
-      loopback.close();
+      loopback?.close();
       if (this._closed) return;
       console.info("the echo-cancelling loopback could not be built: %s", error);
-      this._retryLoopback();
+      this._failedInARow += 1;
+      this._again(LOOPBACK_RETRIES[this._failedInARow - 1]);
       return;
     }
     if (this._closed) {
       loopback.close();
       return;
     }
-    this._loopbackFailures = 0;
+    this._failedInARow = 0;
+    if (this._sink) {
+      await loopback.element.setSinkId?.(this._sink).catch((error) => {
+        console.info("the speakers could not be chosen: %s", error);
+      });
+    }
     loopback.on("down", (why) => this._loopbackFell(loopback, why));
     this.loopback = loopback;
     // Heard through the loopback first, then no longer directly: a moment of both, no gap.
@@ -290,14 +307,18 @@ export class SpatialAudio extends Emitter {
     this.loopback = null;
     loopback.close();
     this._setOutput("direct");
-    this._retryLoopback();
+    this._again(LOOPBACK_RETRIES[0]);
   }
 
-  _retryLoopback() {
-    this._loopbackFailures += 1;
-    const wait = LOOPBACK_RETRY_FIRST * 2 ** (this._loopbackFailures - 1);
-    this._rebuild = setTimeout(() => this._buildLoopback(), Math.min(wait, LOOPBACK_RETRY_LAST));
+  /** Build the loopback again after `wait` ms; undefined, or too many built: no more. */
+  _again(wait) {
     if (this.loopbackPending) this._setOutput("direct");
+    if (wait === undefined || this.loopbackBuilds >= LOOPBACK_BUILDS) {
+      this.loopbackGaveUp = true;
+      console.info("no more tries at the echo-cancelling loopback after %d: playing directly", this.loopbackBuilds);
+      return;
+    }
+    this._rebuild = setTimeout(() => this._buildLoopback(), wait);
   }
 
   _setOutput(output) {
