@@ -205,6 +205,17 @@ async def loopback(person: Person) -> dict[str, Any]:
     return state
 
 
+async def _output_is(person: Person, output: str) -> bool:
+    return bool(await person.page.evaluate("() => window.chatsubo.audio.output") == output)
+
+
+async def loopback_is_up(person: Person) -> None:
+    """Wait until the page's mix plays through the loopback."""
+    await eventually(
+        lambda: _output_is(person, "loopback"), UI_DEADLINE, lambda: "the loopback is never up"
+    )
+
+
 async def to_speakers(person: Person) -> list[str]:
     """What the page plays straight from Web Audio to the speakers (``WATCH_SPEAKERS``)."""
     found: list[str] = await person.page.evaluate(_TO_SPEAKERS)
@@ -248,9 +259,7 @@ async def test_the_mix_plays_through_the_echo_cancelling_loopback(
     case, _, _ = await beside_a_bot(server, crowd, bots)
 
     # Built at once: two local connections, both connected, carrying stereo Opus well above a voice.
-    await eventually(
-        lambda: _output_is(case, "loopback"), UI_DEADLINE, lambda: "the loopback is never up"
-    )
+    await loopback_is_up(case)
     first = await loopback(case)
     state = first["loopback"]
     assert state["states"] == ["connected", "connected"], state
@@ -296,17 +305,11 @@ async def test_the_mix_plays_through_the_echo_cancelling_loopback(
     case.assert_no_errors()
 
 
-async def _output_is(person: Person, output: str) -> bool:
-    return bool(await person.page.evaluate("() => window.chatsubo.audio.output") == output)
-
-
 async def test_the_mix_plays_directly_when_the_loopback_falls_and_it_is_rebuilt(
     server: RunningServer, crowd: Crowd, bots: Bots
 ) -> None:
     case, _, _ = await beside_a_bot(server, crowd, bots)
-    await eventually(
-        lambda: _output_is(case, "loopback"), UI_DEADLINE, lambda: "the loopback is never up"
-    )
+    await loopback_is_up(case)
     await case.page.evaluate(_LISTEN, "mix")
     await hears_pitch(case, "the mix")
 
@@ -417,9 +420,7 @@ async def test_switching_the_microphone_keeps_every_link_and_the_choices_are_rem
     case_id = await case.enter(ROOM)
     await case.connected_to(bot_id)
     await bot.wait_for("peer_connected", peer=case_id, timeout=MESH_DEADLINE)
-    await eventually(
-        lambda: _output_is(case, "loopback"), UI_DEADLINE, lambda: "the loopback is never up"
-    )
+    await loopback_is_up(case)
     ((_, default_track, settings),) = await case.page.evaluate(_SENT_VOICE)
     assert default_track is not None
 
