@@ -200,9 +200,14 @@ async def test_symmetric_nats_connect_through_coturn(
 
 
 def tone_file(path: Path, hz: float) -> Path:
-    """Two seconds of a tone as a 48 kHz mono WAV, for Chromium's fake microphone."""
+    """Two seconds of a tone in bursts as a 48 kHz mono WAV, for Chromium's fake microphone.
+
+    Bursts (0.3 s in every 0.5 s), as speech comes: Chrome's noise suppression
+    takes a steady tone for noise and turns it down by some 17 dB within 3 s.
+    """
     t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
-    pcm = (0.5 * 32767 * np.sin(2 * np.pi * hz * t)).astype("<i2")
+    bursts = (t % 0.5) < 0.3
+    pcm = (0.5 * 32767 * np.sin(2 * np.pi * hz * t) * bursts).astype("<i2")
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)
         wav.setsampwidth(2)
