@@ -11,7 +11,15 @@ average time a frame waits in its jitter buffer (the delay the loopback adds
 on top of one 20 ms Opus frame), its bitrate, and how long after the Join
 click the mix first played through it.
 
+With ``--echo`` it measures echo instead, in the sound room of
+tests/soundroom.py (PulseAudio: the speakers' monitor is the microphone): a
+bot talks and records what comes back from one page, for each echo
+canceller setting the page's microphone may have, with the loopback and
+without. Noise suppression and gain control are off, as in
+tests/test_browser_echo.py, so that only the echo canceller acts.
+
     .venv/bin/python scripts/bench_voice.py --bots 4 --rounds 3 --duration 20
+    .venv/bin/python scripts/bench_voice.py --echo --rounds 3
 """
 
 from __future__ import annotations
@@ -35,7 +43,10 @@ sys.path.insert(0, str(REPO))
 from playwright.async_api import Browser, async_playwright
 
 from chatsubo.commandline import positive_float, positive_int
-from tests.browser import CHROMIUM, LAUNCH_ARGS, Bot, Person, eventually
+from tests.browser import CHROMIUM, LAUNCH_ARGS, Bot, Person, Recording, eventually
+from tests.soundroom import BESIDE, echo_dbfs, launch_on_speakers, sound_room
+from tests.soundroom import ROOM as ECHO_ROOM
+from tests.soundroom import missing as sound_room_missing
 
 ROOM = "bench"
 #: Generous: a page that is not linked to every bot by then has failed.
@@ -186,6 +197,50 @@ async def run(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
     }
 
 
+#: The echo canceller settings and pages measured with --echo: (echoCancellation, path).
+ECHO_CASES: list[tuple[bool | str, str]] = [
+    (False, "/?loopback=off"),
+    ("remote-only", "/?loopback=off"),
+    ("remote-only", "/"),
+    (True, "/?loopback=off"),
+    (True, "/"),
+]
+
+
+async def run_echo(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
+    """Each of ECHO_CASES, ``--rounds`` times: how loud a talking bot hears itself come back."""
+    levels: dict[str, list[float]] = {f"{mode}, {path}": [] for mode, path in ECHO_CASES}
+    with tempfile.TemporaryDirectory(prefix="bench-echo-") as workdir:
+        server = start_chatsubo(
+            sys.executable, Path(workdir), uvloop=False, messages_per_second=100.0
+        )
+        with running(server), sound_room() as pulse:
+            url = f"http://127.0.0.1:{server.port}"
+            recording = Recording(Path(workdir) / "heard.wav")
+            bot = await Bot.start(
+                url, ECHO_ROOM, "Talker", "--audio", "tone:440", "--record", str(recording.path),
+                "--position", f"{BESIDE[0]},{BESIDE[1]}",
+            )  # fmt: skip
+            try:
+                async with async_playwright() as playwright:
+                    browser = await launch_on_speakers(playwright, pulse)
+                    try:
+                        for n in range(args.rounds):
+                            for mode, path in ECHO_CASES:
+                                label = f"{mode}, {path}"
+                                progress.show(f"round {n + 1} of {args.rounds}", label)
+                                level, _, _ = await echo_dbfs(
+                                    browser, url, bot, recording, path, mode
+                                )
+                                levels[label].append(level)
+                    finally:
+                        await browser.close()
+            finally:
+                await bot.stop()
+    medians = {label: statistics.median(values) for label, values in levels.items()}
+    return {"rounds": args.rounds, "levels_dbfs": levels, "median_dbfs": medians}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -199,11 +254,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--duration", type=positive_float, default=20.0, metavar="S", help="seconds per measurement"
     )
+    parser.add_argument(
+        "--echo", action="store_true", help="measure echo in the sound room instead (PulseAudio)"
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the results here")
     args = parser.parse_args(argv)
     if not CHROMIUM.exists():
         print(f"bench_voice.py: needs Debian's Chromium at {CHROMIUM}", file=sys.stderr)
         return 2
+    if args.echo:
+        problem = sound_room_missing()
+        if problem is not None:
+            print(f"bench_voice.py: {problem}", file=sys.stderr)
+            return 2
+        echo = asyncio.run(run_echo(args, Progress()))
+        blind = echo["median_dbfs"][f"False, {ECHO_CASES[0][1]}"]
+        for label, level in echo["median_dbfs"].items():
+            print(f"echoCancellation {label:28} echo {level:6.1f} dBFS ({level - blind:+.1f} dB)")
+        if args.json:
+            args.json.write_text(json.dumps(echo, indent=1))
+        return 0
     result = asyncio.run(run(args, Progress()))
     print(
         f"loopback: Chromium CPU {result['cpu_ratio_median']:.2f}x of playing directly "

@@ -5,13 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the integration tests drive for real: a browser, Redis, nginx, coturn,
-# and nft for the NAT lab in network namespaces.
+# nft for the NAT lab in network namespaces, and PulseAudio for the echo test's sound room.
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v turnserver >/dev/null 2>&1 || missing+=(coturn)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v pulseaudio >/dev/null 2>&1 || missing+=(pulseaudio)
+command -v pactl >/dev/null 2>&1 || missing+=(pulseaudio-utils)
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "test.sh: need root to apt-get install ${missing[*]}" >&2

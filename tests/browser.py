@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
 from playwright.async_api import (
     Browser,
     BrowserContext,
@@ -190,6 +192,58 @@ async def eventually(
                 await asyncio.sleep(interval)
     except TimeoutError:
         raise AssertionError(f"not within {timeout:g} s: {what()}") from None
+
+
+#: Bots record at this rate (frames a second), in 16-bit stereo.
+RATE = 48000
+#: The recorder's WAV header (the wave module's): the frames follow.
+HEADER = 44
+
+
+class Recording:
+    """A bot's WAV recording, read while the bot still writes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def frames(self) -> int:
+        """How many stereo frames are written so far."""
+        if not self.path.exists():
+            return 0
+        return max(0, self.path.stat().st_size - HEADER) // 4
+
+    def _pcm(self, start: int, end: int) -> NDArray[np.int32]:
+        data = self.path.read_bytes()[HEADER + 4 * start : HEADER + 4 * end]
+        return np.frombuffer(data[: len(data) // 4 * 4], dtype="<i2").astype(np.int32)
+
+    def peak(self, start: int, end: int) -> int:
+        """The loudest sample in frames ``[start, end)``, either channel."""
+        return int(np.abs(self._pcm(start, end)).max(initial=0))
+
+    def dbfs(self, start: int, end: int) -> float:
+        """The RMS level of frames ``[start, end)``, both channels, in dBFS (-inf for silence)."""
+        pcm = self._pcm(start, end).astype(np.float64) / 32768
+        mean = float((pcm**2).mean()) if len(pcm) else 0.0
+        return 10 * math.log10(mean) if mean > 0 else -math.inf
+
+    async def reaches(self, frame: int) -> None:
+        """Wait until the recording is ``frame`` frames long."""
+        await eventually(
+            lambda: _holds(self.frames() >= frame),
+            MESH_DEADLINE,
+            lambda: f"the recording stopped at {self.frames()} frames, waiting for {frame}",
+            interval=0.05,
+        )
+
+    async def window(self, start: float, end: float, since: int) -> int:
+        """The peak of seconds ``[start, end)`` after frame ``since``, once recorded."""
+        first, last = since + int(start * RATE), since + int(end * RATE)
+        await self.reaches(last)
+        return self.peak(first, last)
+
+
+async def _holds(value: bool) -> bool:
+    return value
 
 
 def css_string(text: str) -> str:

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from playwright.async_api import expect
 
-from tests.browser import CHROMIUM, MESH_DEADLINE, UI_DEADLINE, Bots, Crowd, Person, eventually
+from tests.browser import (
+    CHROMIUM,
+    MESH_DEADLINE,
+    RATE,
+    UI_DEADLINE,
+    Bots,
+    Crowd,
+    Person,
+    Recording,
+    eventually,
+)
 from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.skipif(
@@ -22,48 +31,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 ROOM = "chatsubo-main"
-RATE = 48000
-#: The recorder's WAV header (the wave module's): the frames follow.
-HEADER = 44
 #: Peaks (of 16-bit samples) at or below this are silence, above LOUD the page's beep.
 QUIET = 200
 LOUD = 2000
 #: How long the voice takes to reach the recording, with room to spare (s).
 LATENCY = 0.6
-
-
-class Recording:
-    """A bot's WAV recording, read while the bot still writes it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def frames(self) -> int:
-        """How many stereo frames are written so far."""
-        if not self.path.exists():
-            return 0
-        return max(0, self.path.stat().st_size - HEADER) // 4
-
-    def peak(self, start: int, end: int) -> int:
-        """The loudest sample in frames ``[start, end)``, either channel."""
-        data = self.path.read_bytes()[HEADER + 4 * start : HEADER + 4 * end]
-        pcm = np.frombuffer(data[: len(data) // 4 * 4], dtype="<i2")
-        return int(np.abs(pcm.astype(np.int32)).max(initial=0))
-
-    async def reaches(self, frame: int) -> None:
-        """Wait until the recording is ``frame`` frames long."""
-        await eventually(
-            lambda: _true(self.frames() >= frame),
-            MESH_DEADLINE,
-            lambda: f"the recording stopped at {self.frames()} frames, waiting for {frame}",
-            interval=0.05,
-        )
-
-    async def window(self, start: float, end: float, since: int) -> int:
-        """The peak of seconds ``[start, end)`` after frame ``since``, once recorded."""
-        first, last = since + int(start * RATE), since + int(end * RATE)
-        await self.reaches(last)
-        return self.peak(first, last)
 
 
 async def _true(value: bool) -> bool:

@@ -19,9 +19,20 @@ import pytest
 from playwright.async_api import expect
 
 from chatsubo.space import BAR
-from tests.browser import CHROMIUM, MESH_DEADLINE, UI_DEADLINE, Bot, Bots, Crowd, Person, eventually
+from tests.browser import (
+    CHROMIUM,
+    MESH_DEADLINE,
+    RATE,
+    UI_DEADLINE,
+    Bot,
+    Bots,
+    Crowd,
+    Person,
+    Recording,
+    eventually,
+)
 from tests.conftest import RunningServer
-from tests.test_browser_talk import LOUD, RATE, Recording
+from tests.test_browser_talk import LOUD
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
