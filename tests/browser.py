@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 from playwright.async_api import (
     Browser,
@@ -51,6 +52,12 @@ LAUNCH_ARGS = [
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
 ]
+
+#: Marks a test, or a module's ``pytestmark``, to run only where Chromium is installed.
+NEEDS_CHROMIUM = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=f"the browser tests drive Debian's Chromium at {CHROMIUM}: apt-get install chromium",
+)
 
 DESKTOP = ViewportSize(width=1280, height=800)
 PHONE = ViewportSize(width=390, height=844)

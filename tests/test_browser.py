@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import re
 
-import pytest
 from playwright.async_api import Locator, expect
 
 from chatsubo.server.config import ServerConfig
 from tests.browser import (
-    CHROMIUM,
     DENY_MICROPHONE,
     MESH_DEADLINE,
+    NEEDS_CHROMIUM,
     PHONE,
     Bots,
     Crowd,
@@ -26,10 +25,7 @@ from tests.browser import (
 )
 from tests.conftest import RunningServer, ServerFactory, poll, start_server
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"the browser tests drive Debian's Chromium at {CHROMIUM}: apt-get install chromium",
-)
+pytestmark = NEEDS_CHROMIUM
 
 ROOM = "chatsubo-main"
 

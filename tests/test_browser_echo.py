@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from tests.browser import CHROMIUM, Bots, Recording
+from tests.browser import NEEDS_CHROMIUM, Bots, Recording
 from tests.conftest import RunningServer
 from tests.soundroom import BESIDE, ROOM, echo_dbfs, launch_on_speakers, missing, sound_room
 
@@ -32,13 +32,7 @@ from tests.soundroom import BESIDE, ROOM, echo_dbfs, launch_on_speakers, missing
 AUDIBLE_DBFS = -40.0
 CANCELLED_DB = 30.0
 
-pytestmark = [
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason=f"the browser tests drive Debian's Chromium at {CHROMIUM}: apt-get install chromium",
-    ),
-    pytest.mark.skipif(missing() is not None, reason=str(missing())),
-]
+pytestmark = [NEEDS_CHROMIUM, pytest.mark.skipif(missing() is not None, reason=str(missing()))]
 
 
 @pytest.fixture

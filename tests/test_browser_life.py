@@ -5,18 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-import pytest
 from playwright.async_api import Browser, expect
 
 from chatsubo.server.config import ServerConfig
 from chatsubo.space import BAR
-from tests.browser import CHROMIUM, MESH_DEADLINE, Bots, Crowd, Person, eventually
+from tests.browser import MESH_DEADLINE, NEEDS_CHROMIUM, Bots, Crowd, Person, eventually
 from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, poll, start_server
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"the browser tests drive Debian's Chromium at {CHROMIUM}: apt-get install chromium",
-)
+pytestmark = NEEDS_CHROMIUM
 
 ROOM = "chatsubo-main"
 

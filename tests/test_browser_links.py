@@ -19,13 +19,18 @@ from chatsubo.protocol import POSITION_UPDATES_PER_SECOND
 from chatsubo.server.config import ServerConfig
 from chatsubo.server.topology import LinkRules
 from chatsubo.space import BAR
-from tests.browser import CHROMIUM, MESH_DEADLINE, UI_DEADLINE, Bots, Crowd, Person, eventually
+from tests.browser import (
+    MESH_DEADLINE,
+    NEEDS_CHROMIUM,
+    UI_DEADLINE,
+    Bots,
+    Crowd,
+    Person,
+    eventually,
+)
 from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, start_server
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"the browser tests drive Debian's Chromium at {CHROMIUM}: apt-get install chromium",
-)
+pytestmark = NEEDS_CHROMIUM
 
 ROOM = "chatsubo-main"
 RULES = LinkRules()

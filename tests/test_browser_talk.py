@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from playwright.async_api import expect
 
 from tests.browser import (
-    CHROMIUM,
     MESH_DEADLINE,
+    NEEDS_CHROMIUM,
     RATE,
     UI_DEADLINE,
     Bots,
@@ -25,10 +24,7 @@ from tests.browser import (
 )
 from tests.conftest import RunningServer
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"the browser tests drive Debian's Chromium at {CHROMIUM}: apt-get install chromium",
-)
+pytestmark = NEEDS_CHROMIUM
 
 ROOM = "chatsubo-main"
 #: Peaks (of 16-bit samples) at or below this are silence, above LOUD the page's beep.

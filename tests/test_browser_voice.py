@@ -15,13 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from playwright.async_api import expect
 
 from chatsubo.space import BAR
 from tests.browser import (
-    CHROMIUM,
     MESH_DEADLINE,
+    NEEDS_CHROMIUM,
     RATE,
     UI_DEADLINE,
     Bot,
@@ -34,10 +33,7 @@ from tests.browser import (
 from tests.conftest import RunningServer
 from tests.test_browser_talk import LOUD
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=f"the browser tests drive Debian's Chromium at {CHROMIUM}: apt-get install chromium",
-)
+pytestmark = NEEDS_CHROMIUM
 
 ROOM = "chatsubo-main"
 #: The bot's pitch: what the page's ear listens for.
