@@ -272,7 +272,15 @@ export class SpatialAudio extends Emitter {
     let loopback = null;
     try {
       loopback = new Loopback(this._feed.stream.getAudioTracks()[0]);
+      // Ignored until it is in use (this.loopback), so it may fall while starting.
+      loopback.on("down", (why) => this._loopbackFell(loopback, why));
       await loopback.start();
+      if (this._sink) {
+        await loopback.element.setSinkId?.(this._sink).catch((error) => {
+          console.info("the speakers could not be chosen: %s", error);
+        });
+      }
+      if (loopback.down) throw new Error("it fell as it started");
     } catch (error) {
       loopback?.close();
       if (this._closed) return;
@@ -286,12 +294,6 @@ export class SpatialAudio extends Emitter {
       return;
     }
     this._failedInARow = 0;
-    if (this._sink) {
-      await loopback.element.setSinkId?.(this._sink).catch((error) => {
-        console.info("the speakers could not be chosen: %s", error);
-      });
-    }
-    loopback.on("down", (why) => this._loopbackFell(loopback, why));
     this.loopback = loopback;
     // Heard through the loopback first, then no longer directly: a moment of both, no gap.
     loopback.element.muted = false;

@@ -34,8 +34,9 @@ export function loopbackWanted(location = window.location, agent = navigator.use
 
 /**
  * One loopback carrying `track` (the mix) to `element`, which starts muted.
- * `start()` resolves once audio arrives at the far end, or rejects; after
- * that, "down" is emitted once if either connection fails or drops.
+ * `start()` resolves once audio arrives at the far end, or rejects. From its
+ * last steps on, "down" is emitted once if either connection fails or drops,
+ * or the audio stops arriving: a listener must be there before `start()`.
  */
 export class Loopback extends Emitter {
   constructor(track) {
@@ -80,8 +81,13 @@ export class Loopback extends Emitter {
       };
     }
     // Either may have dropped between the last check and the handlers above.
-    if (!this._up()) this._fell("the loopback dropped as it started");
+    if (!this._up()) throw new Error("the loopback dropped as it started");
     this._watchBytes(await this.bytesReceived());
+  }
+
+  /** Whether it fell or was closed: it carries nothing any more. */
+  get down() {
+    return this._down;
   }
 
   /** Audio bytes received so far at the far end. */
