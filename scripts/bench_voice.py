@@ -55,7 +55,7 @@ LINK_DEADLINE = 60.0
 #: The loopback's far end, summed so far: frames played, their jitter-buffer wait, bytes.
 _LOOPBACK_STATS = """
 async () => {
-  const loopback = window.chatsubo.audio.loopback;
+  const loopback = window.chatsubo.audio.speakers.loopback;
   if (loopback === null) return null;
   const totals = { emitted: 0, bufferDelay: 0, bytes: 0 };
   (await loopback.receiving.getStats()).forEach((report) => {
@@ -69,7 +69,7 @@ async () => {
 """
 
 #: Whether the mix plays through the loopback yet.
-_LOOPBACK_UP = "() => window.chatsubo?.audio?.output === 'loopback'"
+_LOOPBACK_UP = "() => window.chatsubo?.audio?.speakers.output === 'loopback'"
 
 
 def chromium_cpu_seconds() -> float:

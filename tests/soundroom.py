@@ -167,7 +167,7 @@ async def echo_dbfs(
         end = start + int((SETTLE + MEASURE) * RATE)
         await recording.reaches(end)
         output, mode = await person.page.evaluate(
-            "() => [window.chatsubo.audio.output,"
+            "() => [window.chatsubo.audio.speakers.output,"
             " window.chatsubo.audio.microphone?.getSettings().echoCancellation ?? null]"
         )
         person.assert_no_errors()

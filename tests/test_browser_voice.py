@@ -96,7 +96,7 @@ _LISTEN = """
   const context = audio.context;
   window.__earSource?.disconnect();
   const source = node === "element"
-    ? context.createMediaStreamSource(audio.loopback.element.srcObject)
+    ? context.createMediaStreamSource(audio.speakers.loopback.element.srcObject)
     : audio.mix;
   const analyser = context.createAnalyser();
   analyser.fftSize = 8192;
@@ -123,7 +123,7 @@ _LISTEN_STEREO = """
 () => {
   const audio = window.chatsubo.audio;
   const context = audio.context;
-  const element = context.createMediaStreamSource(audio.loopback.element.srcObject);
+  const element = context.createMediaStreamSource(audio.speakers.loopback.element.srcObject);
   window.__sides = {};
   for (const [name, node] of [["mix", audio.mix], ["element", element]]) {
     const split = context.createChannelSplitter(2);
@@ -151,8 +151,8 @@ _STEREO_LEVELS = """
 _LOOPBACK = """
 async () => {
   const audio = window.chatsubo.audio;
-  const loopback = audio.loopback;
-  if (loopback === null) return { output: audio.output, loopback: null };
+  const { loopback, output } = audio.speakers;
+  if (loopback === null) return { output, loopback: null };
   let sent = 0;
   (await loopback.sending.getStats()).forEach((report) => {
     if (report.type === "outbound-rtp" && report.kind === "audio") sent += report.bytesSent;
@@ -161,7 +161,7 @@ async () => {
     .split("\\r\\n").find((line) => /^a=fmtp:\\d+ .*useinbandfec/.test(line));
   const encodings = loopback.sending.getSenders()[0].getParameters().encodings;
   return {
-    output: audio.output,
+    output,
     loopback: {
       states: [loopback.sending.connectionState, loopback.receiving.connectionState],
       sent,
@@ -201,9 +201,20 @@ _SAME_CONNECTIONS = """
 }
 """
 
+#: The loopback's far end closes, as if it failed; the loopback is kept as window.__fallen.
+_CLOSE_THE_FAR_END = """
+() => {
+  window.__fallen = window.chatsubo.audio.speakers.loopback;
+  window.__fallen.receiving.close();
+}
+"""
+
 #: Where the mix plays: the AudioContext's and the loopback element's sinkId.
 _SINKS = """
-() => [window.chatsubo.audio.context.sinkId, window.chatsubo.audio.loopback?.element.sinkId]
+() => {
+  const { context, speakers } = window.chatsubo.audio;
+  return [context.sinkId, speakers.loopback?.element.sinkId];
+}
 """
 
 
@@ -213,7 +224,7 @@ async def loopback(person: Person) -> dict[str, Any]:
 
 
 async def _output_is(person: Person, output: str) -> bool:
-    return bool(await person.page.evaluate("() => window.chatsubo.audio.output") == output)
+    return bool(await person.page.evaluate("() => window.chatsubo.audio.speakers.output") == output)
 
 
 async def loopback_is_up(person: Person) -> None:
@@ -321,9 +332,7 @@ async def test_the_mix_plays_directly_when_the_loopback_falls_and_it_is_rebuilt(
     await hears_pitch(case, "the mix")
 
     # Its far end goes: the mix plays directly straight away, and the page says headphones help.
-    await case.page.evaluate(
-        "() => { window.__fallen = window.chatsubo.audio.loopback; __fallen.receiving.close(); }"
-    )
+    await case.page.evaluate(_CLOSE_THE_FAR_END)
     await eventually(
         lambda: _output_is(case, "direct"), 3.0, lambda: "the page never played directly"
     )
@@ -336,7 +345,7 @@ async def test_the_mix_plays_directly_when_the_loopback_falls_and_it_is_rebuilt(
         lambda: _output_is(case, "loopback"), UI_DEADLINE, lambda: "the loopback is never rebuilt"
     )
     rebuilt = await case.page.evaluate(
-        "() => window.chatsubo.audio.loopback !== window.__fallen"
+        "() => window.chatsubo.audio.speakers.loopback !== window.__fallen"
         " && window.__fallen.sending.connectionState === 'closed'"
     )
     assert rebuilt, "the fallen loopback is still in use, or still open"
@@ -358,7 +367,7 @@ async def test_with_the_loopback_switched_off_the_mix_plays_directly(
     await expect(case.page.locator("#echo-hint")).to_be_visible()
     await expect(case.page.locator("#echo-hint")).to_contain_text("Headphones help")
     # No loopback, not even one tried: the page made its link to the bot and no more.
-    assert await case.page.evaluate("() => window.chatsubo.audio.loopback") is None
+    assert await case.page.evaluate("() => window.chatsubo.audio.speakers.loopback") is None
     case.assert_no_errors()
 
 
@@ -379,7 +388,7 @@ async def test_when_the_loopback_cannot_be_built_the_mix_plays_directly_and_it_g
     async def given_up() -> bool:
         nonlocal gave_up
         gave_up = await case.page.evaluate(
-            "() => [window.chatsubo.audio.loopbackGaveUp, window.chatsubo.audio.loopbackBuilds]"
+            "() => [window.chatsubo.audio.speakers.gaveUp, window.chatsubo.audio.speakers.builds]"
         )
         return bool(gave_up[0])
 

@@ -311,7 +311,7 @@ class Room {
   /** Join and show the room; rejects (and cleans up) when the server refuses. */
   async enter() {
     this.audio.resume();
-    this.audio.setSink(this.devices.use("audiooutput"));
+    this.audio.speakers.setSink(this.devices.use("audiooutput"));
     this._micDevice = this.devices.use("audioinput");
     const ask = ++this._micAsks;
     const microphone = openMicrophone(this._micDevice);
@@ -362,9 +362,9 @@ class Room {
       p.on("track", ({ peerId, stream }) => this._addVoice(peerId, stream)),
       p.on("position", ({ peerId, position }) => this._moved(peerId, position)),
       p.on("chat", ({ peerId, message }) => this._chatLine(peerId, message.text)),
-      this.audio.on("outputchange", () => this._renderEcho()),
+      this.audio.speakers.on("outputchange", () => this._renderEcho()),
       this.devices.on("change", ({ kind, deviceId }) => {
-        if (kind === "audiooutput") this.audio.setSink(deviceId);
+        if (kind === "audiooutput") this.audio.speakers.setSink(deviceId);
         else if (deviceId !== this._micDevice) this.switchMicrophone(deviceId);
       }),
     );
@@ -445,7 +445,8 @@ class Room {
 
   /** "Headphones help" only where echo is not cancelled: the mix plays directly. */
   _renderEcho() {
-    $("echo-hint").hidden = this.audio.output !== "direct" || this.audio.loopbackPending;
+    const { output, pending } = this.audio.speakers;
+    $("echo-hint").hidden = output !== "direct" || pending;
   }
 
   toggleMute() {

@@ -3,8 +3,7 @@
 // distance model served at /api/space. The mix plays through the
 // echo-cancelling loopback (loopback.js) where the browser needs it.
 
-import { Emitter } from "./events.js";
-import { Loopback, loopbackWanted } from "./loopback.js";
+import { loopbackWanted, Speakers } from "./loopback.js";
 import { distanceGain } from "./space.js";
 
 /** Seconds for gains and positions to glide to a new value: never a jump. */
@@ -13,17 +12,6 @@ const GLIDE = 0.1;
 const GAIN_RAMP = 0.25;
 /** Below this level (dBFS) a voice counts as silent. */
 const SPEAKING_DBFS = -50;
-/**
- * Waits before building the loopback again (ms): after it fell, the first;
- * after builds that failed in a row, one each, and none after the last.
- */
-const LOOPBACK_RETRIES = [1000, 2000, 4000, 8000];
-/**
- * At most this many loopbacks in one visit: each is two RTCPeerConnections,
- * and Chrome allows a tab 500 in its lifetime, the mesh's included.
- */
-const LOOPBACK_BUILDS = 20;
-
 /**
  * The RMS level of what `analyser` hears right now, in dBFS (-Infinity for
  * silence): of the loudest `block` samples in its window, or of all of it.
@@ -110,34 +98,16 @@ class Voice {
  * listener faces up the map (toward smaller y), so a voice to the east is
  * heard on the right, as in the Python mixer.
  *
- * Every voice goes into one mix. Where the browser needs it (loopbackWanted),
- * the mix plays through the echo-cancelling Loopback; until that is up, and
- * whenever it falls, the mix plays directly from the AudioContext at once, and
- * the loopback is built again (LOOPBACK_RETRIES, up to LOOPBACK_BUILDS).
- *
- * Events: `outputchange` ("loopback" or "direct").
+ * Every voice goes into one mix, which `speakers` plays: through the
+ * echo-cancelling loopback where the browser needs it, else directly.
  */
-export class SpatialAudio extends Emitter {
+export class SpatialAudio {
   constructor(distanceModel, { loopback = loopbackWanted() } = {}) {
-    super();
     this.model = distanceModel;
     this.context = new AudioContext();
     this.mix = this.context.createGain();
-    this.mix.connect(this.context.destination);
-    /** Where the mix plays: "direct" from the AudioContext, or through the "loopback". */
-    this.output = "direct";
-    /** The loopback in use, or null. */
-    this.loopback = null;
-    /** Whether the first loopback is still being built (say nothing about echo yet). */
-    this.loopbackPending = loopback;
-    /** Loopbacks tried so far, and whether the page stopped trying (it plays directly). */
-    this.loopbackBuilds = 0;
-    this.loopbackGaveUp = false;
-    this._failedInARow = 0;
-    this._rebuild = null;
-    this._closed = false;
-    /** The chosen speakers' deviceId; "" is the system's default. */
-    this._sink = "";
+    /** Where the mix plays (loopback.js). */
+    this.speakers = new Speakers(this.context, this.mix, loopback);
     /** @type {Map<string, Voice>} */
     this.voices = new Map();
     /** Volumes set by the user, kept when a voice is replaced by a new stream. */
@@ -152,11 +122,6 @@ export class SpatialAudio extends Emitter {
     l.upX.value = 0;
     l.upY.value = 1;
     l.upZ.value = 0;
-    if (loopback) {
-      this._feed = this.context.createMediaStreamDestination();
-      this.mix.connect(this._feed);
-      this._buildLoopback();
-    }
   }
 
   /** Start playing: browsers keep an AudioContext suspended until a user gesture. */
@@ -238,95 +203,15 @@ export class SpatialAudio extends Emitter {
     return this._mic?.level() ?? -Infinity;
   }
 
-  /**
-   * Play through the speakers with `deviceId` ("" for the system's default),
-   * where the browser lets a page choose; resolves to whether it could.
-   */
-  async setSink(deviceId) {
-    this._sink = deviceId;
-    const outputs = [this.context, this.loopback?.element].filter((o) => o?.setSinkId !== undefined);
-    const results = await Promise.allSettled(outputs.map((output) => output.setSinkId(deviceId)));
-    const refused = results.find((result) => result.status === "rejected");
-    if (refused === undefined) return outputs.length > 0;
-    console.info("the speakers could not be chosen: %s", refused.reason);
-    return false;
-  }
-
   speaking(peerId) {
     return this.level(peerId) > SPEAKING_DBFS;
   }
 
   close() {
-    this._closed = true;
-    clearTimeout(this._rebuild);
-    this.loopback?.close();
+    this.speakers.close();
     this.setMicrophone(null);
     for (const peerId of [...this.voices.keys()]) this.remove(peerId);
     this.context.close();
-  }
-
-  // --- the echo-cancelling loopback -----------------------------------------------
-
-  async _buildLoopback() {
-    this.loopbackBuilds += 1;
-    let loopback = null;
-    try {
-      loopback = new Loopback(this._feed.stream.getAudioTracks()[0]);
-      // Ignored until it is in use (this.loopback), so it may fall while starting.
-      loopback.on("down", (why) => this._loopbackFell(loopback, why));
-      await loopback.start();
-      if (this._sink) {
-        await loopback.element.setSinkId?.(this._sink).catch((error) => {
-          console.info("the speakers could not be chosen: %s", error);
-        });
-      }
-      if (loopback.down) throw new Error("it fell as it started");
-    } catch (error) {
-      loopback?.close();
-      if (this._closed) return;
-      console.info("the echo-cancelling loopback could not be built: %s", error);
-      this._failedInARow += 1;
-      this._again(LOOPBACK_RETRIES[this._failedInARow - 1]);
-      return;
-    }
-    if (this._closed) {
-      loopback.close();
-      return;
-    }
-    this._failedInARow = 0;
-    this.loopback = loopback;
-    // Heard through the loopback first, then no longer directly: a moment of both, no gap.
-    loopback.element.muted = false;
-    this.mix.disconnect(this.context.destination);
-    this._setOutput("loopback");
-  }
-
-  _loopbackFell(loopback, why) {
-    if (this.loopback !== loopback || this._closed) return;
-    console.info("the echo-cancelling loopback fell (%s): playing directly", why);
-    // Directly first, then the loopback goes: no silence in between.
-    this.mix.connect(this.context.destination);
-    this.loopback = null;
-    loopback.close();
-    this._setOutput("direct");
-    this._again(LOOPBACK_RETRIES[0]);
-  }
-
-  /** Build the loopback again after `wait` ms; undefined, or too many built: no more. */
-  _again(wait) {
-    if (this.loopbackPending) this._setOutput("direct");
-    if (wait === undefined || this.loopbackBuilds >= LOOPBACK_BUILDS) {
-      this.loopbackGaveUp = true;
-      console.info("no more tries at the echo-cancelling loopback after %d: playing directly", this.loopbackBuilds);
-      return;
-    }
-    this._rebuild = setTimeout(() => this._buildLoopback(), wait);
-  }
-
-  _setOutput(output) {
-    this.output = output;
-    this.loopbackPending = false;
-    this.emit("outputchange", output);
   }
 
   _place(voice) {

@@ -2,7 +2,8 @@
 // itself plays, not what Web Audio plays (Chromium bug 687574), so the page's
 // spatial mix goes out through one local RTCPeerConnection into a second, and
 // plays from an <audio> element, as Hubs does. It never leaves the machine and
-// is no part of the mesh.
+// is no part of the mesh. Speakers decides where the mix plays: through a
+// Loopback, or directly when there is none.
 
 import { Emitter } from "./events.js";
 import { withOpusParameters } from "./sdp.js";
@@ -149,5 +150,136 @@ export class Loopback extends Emitter {
     if (this._down) return;
     this._down = true;
     this.emit("down", why);
+  }
+}
+
+/**
+ * Waits before building the loopback again (ms): after it fell, the first;
+ * after builds that failed in a row, one each, and none after the last.
+ */
+const RETRIES = [1000, 2000, 4000, 8000];
+/**
+ * At most this many loopbacks in one visit: each is two RTCPeerConnections,
+ * and Chrome allows a tab 500 in its lifetime, the mesh's included.
+ */
+const MAX_BUILDS = 20;
+
+/**
+ * Where the page's `mix` (a node of `context`) plays, and on which speakers.
+ * With `wanted`, through a Loopback; until that is up, and whenever it falls,
+ * directly from the AudioContext, at once, while it is built again (RETRIES,
+ * up to MAX_BUILDS in all). Without, directly.
+ *
+ * Events: `outputchange` ("loopback" or "direct").
+ */
+export class Speakers extends Emitter {
+  constructor(context, mix, wanted) {
+    super();
+    this.context = context;
+    this.mix = mix;
+    mix.connect(context.destination);
+    /** The loopback in use, or null. */
+    this.loopback = null;
+    /** Whether the first loopback is still being built (nothing to say about echo yet). */
+    this.pending = wanted;
+    /** Loopbacks tried so far, and whether the page stopped trying (it plays directly). */
+    this.builds = 0;
+    this.gaveUp = false;
+    this._failedInARow = 0;
+    this._rebuild = null;
+    this._closed = false;
+    /** The chosen speakers' deviceId; "" is the system's default. */
+    this._sink = "";
+    if (wanted) {
+      this._feed = context.createMediaStreamDestination();
+      mix.connect(this._feed);
+      this._build();
+    }
+  }
+
+  /** Where the mix plays: "loopback", or "direct" from the AudioContext. */
+  get output() {
+    return this.loopback === null ? "direct" : "loopback";
+  }
+
+  /**
+   * Play on the speakers with `deviceId` ("" for the system's default), where
+   * the browser lets a page choose; resolves to whether it could.
+   */
+  async setSink(deviceId) {
+    this._sink = deviceId;
+    const outputs = [this.context, this.loopback?.element].filter((o) => o?.setSinkId !== undefined);
+    const results = await Promise.allSettled(outputs.map((output) => output.setSinkId(deviceId)));
+    const refused = results.find((result) => result.status === "rejected");
+    if (refused === undefined) return outputs.length > 0;
+    console.info("the speakers could not be chosen: %s", refused.reason);
+    return false;
+  }
+
+  close() {
+    this._closed = true;
+    clearTimeout(this._rebuild);
+    this.loopback?.close();
+  }
+
+  async _build() {
+    this.builds += 1;
+    let loopback = null;
+    try {
+      loopback = new Loopback(this._feed.stream.getAudioTracks()[0]);
+      // Ignored until it is in use (this.loopback), so it may fall while starting.
+      loopback.on("down", (why) => this._fell(loopback, why));
+      await loopback.start();
+      if (this._sink) {
+        await loopback.element.setSinkId?.(this._sink).catch((error) => {
+          console.info("the speakers could not be chosen: %s", error);
+        });
+      }
+      if (loopback.down) throw new Error("it fell as it started");
+    } catch (error) {
+      loopback?.close();
+      if (this._closed) return;
+      console.info("the echo-cancelling loopback could not be built: %s", error);
+      this._failedInARow += 1;
+      this._again(RETRIES[this._failedInARow - 1]);
+      return;
+    }
+    if (this._closed) {
+      loopback.close();
+      return;
+    }
+    this._failedInARow = 0;
+    this.loopback = loopback;
+    // Heard through the loopback first, then no longer directly: a moment of both, no gap.
+    loopback.element.muted = false;
+    this.mix.disconnect(this.context.destination);
+    this._changed();
+  }
+
+  _fell(loopback, why) {
+    if (this.loopback !== loopback || this._closed) return;
+    console.info("the echo-cancelling loopback fell (%s): playing directly", why);
+    // Directly first, then the loopback goes: no silence in between.
+    this.mix.connect(this.context.destination);
+    this.loopback = null;
+    loopback.close();
+    this._changed();
+    this._again(RETRIES[0]);
+  }
+
+  /** Build the loopback again after `wait` ms; undefined, or too many built: no more. */
+  _again(wait) {
+    if (this.pending) this._changed();
+    if (wait === undefined || this.builds >= MAX_BUILDS) {
+      this.gaveUp = true;
+      console.info("no more tries at the echo-cancelling loopback after %d: playing directly", this.builds);
+      return;
+    }
+    this._rebuild = setTimeout(() => this._build(), wait);
+  }
+
+  _changed() {
+    this.pending = false;
+    this.emit("outputchange", this.output);
   }
 }
