@@ -36,6 +36,7 @@ from playwright.async_api import (
 )
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from chatsubo.space import BAR
 from tests.conftest import RunningServer, poll
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +59,13 @@ NEEDS_CHROMIUM = pytest.mark.skipif(
     not CHROMIUM.exists(),
     reason=f"the browser tests drive Debian's Chromium at {CHROMIUM}: apt-get install chromium",
 )
+
+#: An init script: every random draw is 0.5, so a page arrives in the middle
+#: of the arrival area (MIDDLE), unless someone stands there.
+ARRIVE_IN_THE_MIDDLE = "Math.random = () => 0.5;"
+MIDDLE = BAR.map.arrival.center
+#: Beside the middle, within a conversation: heard at full gain from there.
+BESIDE_THE_MIDDLE = (MIDDLE[0] + 1.5, MIDDLE[1])
 
 DESKTOP = ViewportSize(width=1280, height=800)
 PHONE = ViewportSize(width=390, height=844)

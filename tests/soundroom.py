@@ -30,13 +30,21 @@ from pathlib import Path
 
 from playwright.async_api import Browser, Playwright
 
-from tests.browser import CHROMIUM, LAUNCH_ARGS, MESH_DEADLINE, RATE, Bot, Person, Recording
+from tests.browser import (
+    ARRIVE_IN_THE_MIDDLE,
+    BESIDE_THE_MIDDLE,
+    CHROMIUM,
+    LAUNCH_ARGS,
+    MESH_DEADLINE,
+    RATE,
+    Bot,
+    Person,
+    Recording,
+)
 
 ROOM = "echo"
-#: Every random draw is 0.5: the page arrives in the middle of the arrival area...
-ARRIVE_IN_THE_MIDDLE = "Math.random = () => 0.5;"
-#: ...and the bot stands beside it, heard at full gain.
-BESIDE = (13.5, 4.6)
+#: Where the bot stands: beside the page, heard at full gain.
+BESIDE = BESIDE_THE_MIDDLE
 #: The canceller adapts within a few seconds; echo is measured after that, for 4 s.
 SETTLE = 5.0
 MEASURE = 4.0

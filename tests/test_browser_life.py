@@ -9,7 +9,15 @@ from playwright.async_api import Browser, expect
 
 from chatsubo.server.config import ServerConfig
 from chatsubo.space import BAR
-from tests.browser import MESH_DEADLINE, NEEDS_CHROMIUM, Bots, Crowd, Person, eventually
+from tests.browser import (
+    ARRIVE_IN_THE_MIDDLE,
+    MESH_DEADLINE,
+    NEEDS_CHROMIUM,
+    Bots,
+    Crowd,
+    Person,
+    eventually,
+)
 from tests.conftest import TEST_SECRET, RunningServer, ServerFactory, poll, start_server
 
 pytestmark = NEEDS_CHROMIUM
@@ -138,7 +146,7 @@ async def test_a_newcomer_on_someone_s_spot_steps_aside(
     bot_id = await bot.peer_id()
     # Every random draw is 0.5: the page's first pick is the middle of the
     # arrival area, which is where the bot stands.
-    case = await crowd.visit(server, "Case", init_script="Math.random = () => 0.5;")
+    case = await crowd.visit(server, "Case", init_script=ARRIVE_IN_THE_MIDDLE)
     case_id = await case.enter(ROOM)
     await case.sees_at(bot_id, *spot, tolerance=0.05, timeout=MESH_DEADLINE)
 

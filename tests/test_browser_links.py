@@ -20,7 +20,9 @@ from chatsubo.server.config import ServerConfig
 from chatsubo.server.topology import LinkRules
 from chatsubo.space import BAR
 from tests.browser import (
+    ARRIVE_IN_THE_MIDDLE,
     MESH_DEADLINE,
+    MIDDLE,
     NEEDS_CHROMIUM,
     UI_DEADLINE,
     Bots,
@@ -38,9 +40,6 @@ RULES = LinkRules()
 #: What Chromium itself logs while the server is down: not the page's doing.
 SOCKET_REFUSED = re.compile(r"WebSocket connection to '[^']*' failed")
 
-#: Every random draw is 0.5: a page arrives in the middle of the arrival area.
-ARRIVE_IN_THE_MIDDLE = "Math.random = () => 0.5;"
-MIDDLE = BAR.map.arrival.center
 #: The Booths' corner, beyond the link range of the middle of the arrival area.
 CORNER = (1.0, 15.0)
 #: Next to the corner: within a conversation of whoever stands there.

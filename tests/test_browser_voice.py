@@ -17,8 +17,9 @@ from typing import Any
 
 from playwright.async_api import expect
 
-from chatsubo.space import BAR
 from tests.browser import (
+    ARRIVE_IN_THE_MIDDLE,
+    BESIDE_THE_MIDDLE,
     MESH_DEADLINE,
     NEEDS_CHROMIUM,
     RATE,
@@ -38,11 +39,7 @@ pytestmark = NEEDS_CHROMIUM
 ROOM = "chatsubo-main"
 #: The bot's pitch: what the page's ear listens for.
 PITCH = 660.0
-#: Every random draw is 0.5: a page arrives in the middle of the arrival area.
-ARRIVE_IN_THE_MIDDLE = "Math.random = () => 0.5;"
-MIDDLE = BAR.map.arrival.center
-#: Beside the middle, within a conversation: the bot's voice at full gain.
-BESIDE = (MIDDLE[0] + 1.5, MIDDLE[1])
+BESIDE = BESIDE_THE_MIDDLE
 
 #: Counts every RTCPeerConnection the page makes, the loopback's too.
 COUNT_CONNECTIONS = """

@@ -283,8 +283,6 @@ class Room {
     this.peer = new MeshPeer(signaling, space.peer);
     this.map = null;
     this.mic = null;
-    /** The microphone asked for ("" for the default): a change to another one reopens it. */
-    this._micDevice = "";
     /** Microphones asked for so far: only the latest one asked for is used. */
     this._micAsks = 0;
     this._closed = false;
@@ -312,9 +310,8 @@ class Room {
   async enter() {
     this.audio.resume();
     this.audio.speakers.setSink(this.devices.use("audiooutput"));
-    this._micDevice = this.devices.use("audioinput");
     const ask = ++this._micAsks;
-    const microphone = openMicrophone(this._micDevice);
+    const microphone = openMicrophone(this.devices.use("audioinput"));
     this._listen();
     try {
       const joined = await this.signaling.join(this.roomId, this.name, this.token);
@@ -364,8 +361,9 @@ class Room {
       p.on("chat", ({ peerId, message }) => this._chatLine(peerId, message.text)),
       this.audio.speakers.on("outputchange", () => this._renderEcho()),
       this.devices.on("change", ({ kind, deviceId }) => {
+        // Devices tells only when the device to use changed.
         if (kind === "audiooutput") this.audio.speakers.setSink(deviceId);
-        else if (deviceId !== this._micDevice) this.switchMicrophone(deviceId);
+        else this.switchMicrophone(deviceId);
       }),
     );
   }
@@ -431,7 +429,6 @@ class Room {
    */
   async switchMicrophone(deviceId) {
     const ask = ++this._micAsks;
-    this._micDevice = deviceId;
     const opened = await openMicrophone(deviceId);
     if (this._closed || ask !== this._micAsks) {
       // Left meanwhile, or another was asked for since.
